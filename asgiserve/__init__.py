@@ -1,0 +1,43 @@
+"""asgiserve: serve models and services from your own FastAPI or Starlette app."""
+
+from asgiserve import adapters, backends, exceptions
+from asgiserve.api import (
+    delete,
+    get_app_handle,
+    get_deployment_handle,
+    router,
+    run,
+    shutdown,
+    shutdown_async,
+    status,
+)
+from asgiserve.config import HTTPOptions
+from asgiserve.deployment import Application, Deployment, deployment
+from asgiserve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
+from asgiserve.ingress import ingress
+from asgiserve.router import Router
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Application",
+    "Deployment",
+    "DeploymentHandle",
+    "DeploymentResponse",
+    "DeploymentResponseGenerator",
+    "HTTPOptions",
+    "Router",
+    "adapters",
+    "backends",
+    "delete",
+    "deployment",
+    "exceptions",
+    "get_app_handle",
+    "get_deployment_handle",
+    "ingress",
+    "router",
+    "run",
+    "shutdown",
+    "shutdown_async",
+    "status",
+]

@@ -1,0 +1,1 @@
+"""HTTP adapters: functions that turn a request into Python values (issue: adapters)."""

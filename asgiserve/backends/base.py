@@ -1,0 +1,90 @@
+"""The one interface every backend implements.
+
+A backend only moves messages between a `Scheduler` and `ReplicaRuntime`s, the way an httpx
+transport only moves requests: `Backend.start_replica` builds a replica somewhere (this
+process, a worker process, a Ray actor) and `Replica.handle` carries one call to it.
+
+Every call, whatever its kind, is an ASGI-shaped exchange: `handle(call, receive, send)`.
+For an HTTP or WebSocket call the messages are the ASGI ones; for a Python call the replica
+sends one `asgiserve.result` message, for a streaming call one `asgiserve.item` message per
+item. An exception raised by user code is raised from `handle`. Cancelling the task that
+awaits `handle` cancels the call on the replica, on every backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from starlette.types import Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from asgiserve.config import DeploymentConfig
+
+RESULT = "asgiserve.result"
+ITEM = "asgiserve.item"
+
+CallKind = Literal["asgi", "call", "stream"]
+
+
+@dataclass
+class Call:
+    """One request for a replica: an ASGI exchange or a method call."""
+
+    request_id: str
+    kind: CallKind
+    method: str = "__call__"
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    scope: Scope | None = None
+    route: str = ""
+
+
+@dataclass
+class ReplicaSpec:
+    """What a backend needs to build one replica; picklable (cloudpickle) for remote backends."""
+
+    app_name: str
+    deployment_name: str
+    replica_id: str
+    target: Callable[..., Any]
+    init_args: tuple[Any, ...]
+    init_kwargs: dict[str, Any]
+    config: DeploymentConfig
+
+
+class Replica(ABC):
+    """A running replica as the scheduler sees it."""
+
+    replica_id: str
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Called once, on the serving event loop, before the first call (runs ingress startup)."""
+
+    @abstractmethod
+    async def handle(self, call: Call, receive: Receive, send: Send) -> None:
+        """Carry one call to the replica and its messages back."""
+
+    @abstractmethod
+    async def check_health(self) -> None:
+        """Raise if the replica is unhealthy (the user's `check_health`, or a dead process)."""
+
+    @abstractmethod
+    async def stop(self, timeout_s: float) -> None:
+        """Let in-flight calls finish within `timeout_s`, run ingress shutdown, release it."""
+
+
+class Backend(ABC):
+    """Where replicas run. Adding a backend means one new module with one subclass."""
+
+    name: str
+
+    @abstractmethod
+    def start_replica(self, spec: ReplicaSpec) -> Replica:
+        """Build a replica; blocks until the user's constructor has run, raising its error."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
+        """Release what the backend holds once no replica uses it."""

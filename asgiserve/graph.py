@@ -1,0 +1,110 @@
+"""Deploying an `Application` graph: one scheduler per deployment, children first."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from asgiserve.backends import Backend, ReplicaSpec, resolve_backend
+from asgiserve.deployment import Application
+from asgiserve.handle import DeploymentHandle
+from asgiserve.scheduler import Scheduler
+
+
+def children(value: Any) -> list[Application]:
+    """Applications bound among constructor arguments, inside lists, tuples and dicts too."""
+    if isinstance(value, Application):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [app for item in value for app in children(item)]
+    if isinstance(value, dict):
+        return [app for item in value.values() for app in children(item)]
+    return []
+
+
+def swap_handles(value: Any, names: dict[int, str], app_name: str) -> Any:
+    if isinstance(value, Application):
+        return DeploymentHandle(names[id(value)], app_name)
+    if isinstance(value, (list, tuple)):
+        return type(value)(swap_handles(item, names, app_name) for item in value)
+    if isinstance(value, dict):
+        return {key: swap_handles(item, names, app_name) for key, item in value.items()}
+    return value
+
+
+def ordered(root: Application) -> list[Application]:
+    """Every Application in the graph once, dependencies before the ones that use them."""
+    seen: dict[int, Application] = {}
+
+    def visit(app: Application) -> None:
+        if id(app) in seen:
+            return
+        for child in children((app.args, app.kwargs)):
+            visit(child)
+        seen[id(app)] = app
+
+    visit(root)
+    return list(seen.values())
+
+
+def unique_names(apps: list[Application]) -> dict[int, str]:
+    """Deployment names; two different bindings of one name get `_1`, `_2` suffixes."""
+    names: dict[int, str] = {}
+    taken: set[str] = set()
+    for app in apps:
+        name, n = app.deployment.name, 0
+        while name in taken:
+            n += 1
+            name = f"{app.deployment.name}_{n}"
+        taken.add(name)
+        names[id(app)] = name
+    return names
+
+
+def deploy_graph(
+    root: Application, app_name: str, backend: str | Backend
+) -> tuple[str, dict[str, Scheduler]]:
+    """Build every replica of the graph (blocking); returns the ingress name and schedulers.
+
+    `backend` is the choice for deployments that name none themselves. If a constructor
+    raises, the replicas already built are stopped and the user's error propagates.
+    """
+    apps = ordered(root)
+    names = unique_names(apps)
+    schedulers: dict[str, Scheduler] = {}
+    try:
+        for app in apps:
+            name = names[id(app)]
+            config = app.deployment.config.with_options(name=name)
+            chosen = resolve_backend(config.backend or backend)
+            scheduler = Scheduler(app_name, config, chosen, spec_maker(app, names, app_name))
+            schedulers[name] = scheduler
+            scheduler.start_replicas()
+    except BaseException:
+        from asgiserve.loops import close_soon
+
+        for scheduler in schedulers.values():
+            close_soon(scheduler.close())
+        raise
+    return names[id(root)], schedulers
+
+
+def spec_maker(
+    app: Application, names: dict[int, str], app_name: str
+) -> Callable[[str], ReplicaSpec]:
+    args = swap_handles(app.args, names, app_name)
+    kwargs = swap_handles(app.kwargs, names, app_name)
+    config = app.deployment.config.with_options(name=names[id(app)])
+
+    def make(replica_id: str) -> ReplicaSpec:
+        return ReplicaSpec(
+            app_name=app_name,
+            deployment_name=config.name,
+            replica_id=replica_id,
+            target=app.deployment.target,
+            init_args=args,
+            init_kwargs=kwargs,
+            config=config,
+        )
+
+    return make

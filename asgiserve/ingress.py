@@ -1,0 +1,98 @@
+"""`@asgiserve.ingress`: a FastAPI or Starlette app as a deployment's HTTP entry.
+
+Routes declared on methods (`@app.get("/")` over `def root(self)`) are class-based views:
+in each replica they are rebuilt around the replica's own instance, on a copy of the app
+that holds only this class's methods, so two deployments can share one app object.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import types
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp
+
+INGRESS_ATTR = "__asgiserve_ingress__"
+
+T = TypeVar("T")
+
+
+def ingress(app: ASGIApp) -> Callable[[T], T]:
+    """Make `app` the HTTP entry of the decorated class (or function) deployment."""
+
+    def decorate(target: T) -> T:
+        inner = getattr(target, "target", target)  # also accept an already-built Deployment
+        setattr(inner, INGRESS_ATTR, app)
+        return target
+
+    return decorate
+
+
+def ingress_app(target: Any) -> ASGIApp | None:
+    return getattr(target, INGRESS_ATTR, None)
+
+
+def method_owner(route: BaseRoute) -> str | None:
+    """The qualified name of the class whose body defined the route's endpoint, if any."""
+    endpoint = getattr(route, "endpoint", None)
+    qualname = getattr(endpoint, "__qualname__", "")
+    owner, _, _ = qualname.rpartition(".")
+    if not owner or owner.endswith("<locals>"):
+        return None
+    params = list(inspect.signature(endpoint).parameters)  # type: ignore[arg-type]
+    return owner if params[:1] == ["self"] else None
+
+
+def rebuild_route(route: BaseRoute, endpoint: Callable[..., Any]) -> BaseRoute:
+    """The same route around another endpoint, so FastAPI re-reads its signature.
+
+    FastAPI reads an endpoint's parameters once, when the route is made; a bound method
+    has no `self` parameter, so the rebuilt route asks the client for no `self`.
+    """
+    route_cls: Any = type(route)
+    params = inspect.signature(route_cls.__init__).parameters
+    options = {
+        name: getattr(route, name)
+        for name in params
+        if name not in ("self", "endpoint") and hasattr(route, name)
+    }
+    rebuilt: BaseRoute = route_cls(endpoint=endpoint, **options)
+    return rebuilt
+
+
+def build_app(app: ASGIApp, cls: type, instance: object) -> ASGIApp:
+    """The app one replica serves: class-view routes bound to `instance`, others' dropped."""
+    router = getattr(app, "router", None)
+    routes: list[BaseRoute] = list(getattr(router, "routes", []))
+    if not any(method_owner(route) for route in routes):
+        return app  # served as it is
+    served: Any = copy.copy(app)
+    served_router = copy.copy(router)
+    served_router.routes = []  # type: ignore[union-attr]
+    for route in routes:
+        owner = method_owner(route)
+        if owner is None:
+            if not is_docs_route(route):
+                served_router.routes.append(route)  # type: ignore[union-attr]
+        elif owner == cls.__qualname__:
+            bound = types.MethodType(route.endpoint, instance)  # type: ignore[attr-defined]
+            served_router.routes.append(rebuild_route(route, bound))  # type: ignore[union-attr]
+    # Starlette's Router dispatches through a bound method of the router it was built as.
+    served_router.middleware_stack = served_router.app  # type: ignore[union-attr]
+    served.router = served_router
+    served.middleware_stack = None
+    if hasattr(served, "openapi_schema"):
+        served.openapi_schema = None
+        served.setup()  # docs routes that describe this copy, not the shared original
+    result: ASGIApp = served
+    return result
+
+
+def is_docs_route(route: BaseRoute) -> bool:
+    """FastAPI's own /openapi.json, /docs and /redoc routes, which describe their app."""
+    qualname = getattr(getattr(route, "endpoint", None), "__qualname__", "")
+    return qualname.startswith("FastAPI.setup.")

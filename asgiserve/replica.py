@@ -1,0 +1,189 @@
+"""The replica runtime: the same code inside every backend.
+
+It builds the user's object, then serves three kinds of call: an ASGI exchange (the
+ingress app, or `__call__(request)` wrapped as one), a method call, and a streaming call.
+Synchronous user code runs in a worker thread so one slow call does not stall the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from asgiserve.backends.base import ITEM, RESULT, Call, ReplicaSpec
+from asgiserve.ingress import build_app, ingress_app
+from asgiserve.loops import on_loop
+from asgiserve.responses import to_response
+
+
+def takes_arguments(fn: Callable[..., Any]) -> bool:
+    try:
+        return bool(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return True
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - callable objects with async __call__
+    )
+
+
+async def invoke(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call user code: coroutines on the loop, plain functions in a worker thread."""
+    if is_async(fn):
+        result = await fn(*args, **kwargs)
+    else:
+        result = await run_in_threadpool(fn, *args, **kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+class RequestHandler:
+    """`__call__(request)` as an ASGI app; its return value becomes the response."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.with_request = takes_arguments(fn)
+        self.coroutine = is_async(fn)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        args = (Request(scope, receive),) if self.with_request else ()
+        if self.coroutine:
+            result = await self.fn(*args)
+        else:
+            result = await run_in_threadpool(self.fn, *args)
+        if inspect.isawaitable(result):
+            result = await result
+        await to_response(result)(scope, receive, send)
+
+
+class Lifespan:
+    """Runs an ingress app's ASGI lifespan (startup and shutdown events) inside the replica."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.replies: asyncio.Queue[Message] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def run(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": self.state}
+        try:
+            await self.app(scope, self.inbox.get, self.replies.put)
+        except BaseException as exc:  # an app without lifespan support raises here
+            await self.replies.put({"type": "asgiserve.lifespan.unsupported", "error": exc})
+
+    async def send(self, event: str) -> None:
+        await self.inbox.put({"type": f"lifespan.{event}"})
+        reply = await self.replies.get()
+        if reply["type"].endswith(".failed"):
+            raise RuntimeError(f"ingress app {event} failed: {reply.get('message', '')}")
+
+    async def startup(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = self.loop.create_task(self.run())
+        await self.send("startup")
+
+    async def shutdown(self) -> None:
+        """Runs on the loop that ran startup, from whichever loop asks."""
+        if self.loop is not None:
+            await on_loop(self.loop, self.finish())
+
+    async def finish(self) -> None:
+        if self.task is not None and not self.task.done():
+            await self.send("shutdown")
+            await self.task
+
+
+class ReplicaRuntime:
+    def __init__(self, spec: ReplicaSpec) -> None:
+        self.spec = spec
+        target = spec.target
+        if inspect.isclass(target):
+            self.instance: Any = target(*spec.init_args, **spec.init_kwargs)
+        else:
+            self.instance = target
+        app = ingress_app(target)
+        self.lifespan: Lifespan | None = None
+        if app is not None:
+            cls = target if inspect.isclass(target) else type(None)
+            self.app: ASGIApp = build_app(app, cls, self.instance)
+            self.lifespan = Lifespan(self.app)
+        else:
+            self.app = RequestHandler(self.method("__call__"))
+
+    def method(self, name: str) -> Callable[..., Any]:
+        if name == "__call__" and not inspect.isclass(self.spec.target):
+            return self.instance  # type: ignore[no-any-return]
+        fn = getattr(self.instance, name, None)
+        if fn is None or not callable(fn):
+            raise AttributeError(
+                f"deployment {self.spec.deployment_name!r} has no method {name!r}"
+            )
+        return fn  # type: ignore[no-any-return]
+
+    async def start(self) -> None:
+        if self.lifespan is not None:
+            await self.lifespan.startup()
+
+    async def handle(self, call: Call, receive: Receive, send: Send) -> None:
+        if call.kind == "asgi":
+            assert call.scope is not None
+            scope = call.scope
+            if self.lifespan is not None and self.lifespan.state:
+                scope = {**scope, "state": dict(self.lifespan.state)}
+            await self.app(scope, receive, send)
+        elif call.kind == "call":
+            value = await invoke(self.method(call.method), *call.args, **call.kwargs)
+            if inspect.isgenerator(value) or inspect.isasyncgen(value):
+                raise TypeError(
+                    f"{self.spec.deployment_name}.{call.method} returned a generator; "
+                    "call it with handle.options(stream=True)"
+                )
+            await send({"type": RESULT, "value": value})
+        else:
+            async for item in self.stream(call):
+                await send({"type": ITEM, "value": item})
+
+    async def stream(self, call: Call) -> AsyncIterator[Any]:
+        fn = self.method(call.method)
+        if inspect.isasyncgenfunction(fn):
+            generator = fn(*call.args, **call.kwargs)
+        else:
+            generator = await invoke(fn, *call.args, **call.kwargs)
+        if inspect.isasyncgen(generator):
+            try:
+                async for item in generator:
+                    yield item
+            finally:
+                await generator.aclose()
+        elif inspect.isgenerator(generator):
+            async for item in iterate_in_threadpool(generator):
+                yield item
+        else:
+            raise TypeError(
+                f"{self.spec.deployment_name}.{call.method} was called with stream=True "
+                f"but returned {type(generator).__name__}, not a generator"
+            )
+
+    async def check_health(self) -> None:
+        check = getattr(self.instance, "check_health", None)
+        if check is not None and inspect.isclass(self.spec.target):
+            await invoke(check)
+
+    async def stop(self) -> None:
+        if self.lifespan is not None:
+            await self.lifespan.shutdown()

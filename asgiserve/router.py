@@ -1,0 +1,264 @@
+"""The Router: an ASGI app that sends each request to the application owning its prefix.
+
+It knows nothing of processes or Ray: it matches a prefix, gives the request an id, and
+hands the ASGI exchange to that application's ingress scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.convertors import Convertor
+from starlette.middleware import Middleware
+from starlette.routing import Match, compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from asgiserve import registry
+from asgiserve.backends import Backend
+from asgiserve.backends.base import Call
+from asgiserve.exceptions import BackPressureError, DeploymentUnavailableError
+from asgiserve.responses import error_response
+
+logger = logging.getLogger("asgiserve")
+
+# Keys that belong to the outer app; the ingress app is a top-level app of its own.
+OUTER_KEYS = ("app", "router", "endpoint", "route", "app_root_path", "path_params")
+
+
+@dataclass
+class PrefixRoute:
+    prefix: str
+    app: registry.RunningApp
+    pattern: re.Pattern[str] | None = None
+    convertors: dict[str, Convertor[Any]] | None = None
+
+    def match(self, path: str) -> tuple[int, dict[str, Any]] | None:
+        """How much of `path` the prefix covers, and its path parameters; None if no match."""
+        if self.pattern is None:
+            prefix = self.prefix
+            if prefix == "/":
+                return 0, {}
+            if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+                return len(prefix), {}
+            return None
+        found = self.pattern.match(path)
+        if found is None:
+            return None
+        assert self.convertors is not None
+        params = {
+            key: self.convertors[key].convert(value) for key, value in found.groupdict().items()
+        }
+        return found.end(), params
+
+
+def make_route(prefix: str, app: registry.RunningApp) -> PrefixRoute:
+    if "{" not in prefix:
+        return PrefixRoute(prefix, app)
+    regex, _, convertors = compile_path(prefix)
+    # compile_path anchors the whole path; a prefix must stop at a segment boundary instead.
+    pattern = re.compile(regex.pattern.rstrip("$") + r"(?=/|$)")
+    return PrefixRoute(prefix, app, pattern, convertors)
+
+
+def normalise_prefix(prefix: str) -> str:
+    if not prefix.startswith("/"):
+        raise ValueError(f"route_prefix must start with '/', got {prefix!r}")
+    return prefix.rstrip("/") or "/"
+
+
+def request_id_of(scope: Scope) -> str:
+    for key, value in scope["headers"]:
+        if key == b"x-request-id":
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return uuid.uuid4().hex
+
+
+class Router:
+    """An ASGI app; mount it in your own: `app.mount("/", asgiserve.router)`."""
+
+    def __init__(
+        self,
+        *,
+        backend: str | Backend | None = None,
+        middleware: Sequence[Middleware] | None = None,
+        request_timeout_s: float | None = None,
+        debug: bool = False,
+    ) -> None:
+        self.backend = backend
+        self.request_timeout_s = request_timeout_s
+        self.debug = debug
+        self.routes: list[PrefixRoute] = []
+        app: ASGIApp = self.dispatch
+        for cls, args, kwargs in reversed(middleware or []):
+            app = cls(app, *args, **kwargs)
+        self.app = app
+
+    # -- the prefix table ------------------------------------------------------------
+
+    def check_prefix(self, prefix: str, app_name: str) -> None:
+        for route in self.routes:
+            if route.prefix == prefix and route.app.name != app_name:
+                raise ValueError(
+                    f"route_prefix {prefix!r} is already used by application "
+                    f"{route.app.name!r}; delete it or choose another prefix"
+                )
+
+    def add_route(self, prefix: str, app: registry.RunningApp) -> None:
+        self.check_prefix(prefix, app.name)
+        self.remove_routes(app.name)
+        self.routes.append(make_route(prefix, app))
+        self.routes.sort(key=lambda route: len(route.prefix), reverse=True)
+
+    def remove_routes(self, app_name: str) -> None:
+        self.routes = [route for route in self.routes if route.app.name != app_name]
+
+    def applications(self) -> list[registry.RunningApp]:
+        return [app for app in registry.applications.values() if app.router is self]
+
+    # -- ASGI ------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.serve_lifespan(receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        root_path = scope.get("root_path", "")
+        path = scope["path"]
+        route_path = path[len(root_path) :] if root_path and path.startswith(root_path) else path
+        request_id = request_id_of(scope)
+        request_id_header = (b"x-request-id", request_id.encode("latin-1"))
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", ()), request_id_header]
+            await send(message)
+
+        for route in self.routes:
+            found = route.match(route_path)
+            if found is not None:
+                break
+        else:
+            if await self.fall_through(scope, receive, send):
+                return
+            if scope["type"] == "http":
+                await error_response(404, "Not Found", request_id)(scope, receive, send_with_id)
+            else:
+                await send({"type": "websocket.close", "code": 1000})
+            return
+
+        matched, params = found
+        child = dict(scope)
+        for key in OUTER_KEYS:
+            child.pop(key, None)
+        child["root_path"] = root_path + route_path[:matched]
+        if matched and matched == len(route_path):
+            # `/hello` reaches the ingress app's `/` route, not a redirect to `/hello/`.
+            child["path"] = path + "/"
+            child["raw_path"] = scope.get("raw_path", path.encode()) + b"/"
+        if params:
+            child["path_params"] = params
+        app = route.app
+        call = Call(request_id, "asgi", scope=child, route=route.prefix)
+        try:
+            await app.schedulers[app.ingress].handle(call, receive, send_with_id)
+        except Exception as exc:
+            if started or scope["type"] != "http":
+                logger.exception("request %s to %r failed", request_id, app.name)
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1011})
+                return
+            await self.error_response(exc, request_id, app.name)(scope, receive, send_with_id)
+
+    async def fall_through(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Mounted at `/`, let the outer app's routes declared after the mount answer.
+
+        `app.mount("/", asgiserve.router)` matches every path, so without this a route such
+        as `@app.get("/double/{x}")` declared after the mount could never be reached.
+        """
+        outer = scope.get("router")
+        routes = getattr(outer, "routes", None)
+        if not routes or scope.get("root_path", "") != scope.get("app_root_path", ""):
+            return False
+        later = False
+        partial = None
+        for route in routes:
+            if getattr(route, "app", None) is self:
+                later = True
+            elif later:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    await route.handle(scope, receive, send)
+                    return True
+                if match is Match.PARTIAL and partial is None:
+                    partial = (route, child_scope)
+        if partial is None:
+            return False
+        route, child_scope = partial
+        scope.update(child_scope)
+        await route.handle(scope, receive, send)
+        return True
+
+    def error_response(self, exc: Exception, request_id: str, app_name: str) -> ASGIApp:
+        if isinstance(exc, BackPressureError):
+            response = error_response(503, str(exc), request_id)
+            response.headers["retry-after"] = "1"
+            return response
+        if isinstance(exc, DeploymentUnavailableError):
+            return error_response(503, str(exc), request_id)
+        logger.error(
+            "request %s to application %r raised", request_id, app_name, exc_info=exc
+        )
+        extra: dict[str, Any] = {}
+        if self.debug:
+            import traceback
+
+            extra["traceback"] = traceback.format_exception(exc)
+        return error_response(500, "Internal Server Error", request_id, **extra)
+
+    # -- lifespan --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the replicas of every application on this router."""
+        for app in self.applications():
+            for scheduler in app.schedulers.values():
+                await scheduler.ensure_started()
+
+    async def stop(self) -> None:
+        """Stop the replicas of every application on this router; next use starts them."""
+        for app in self.applications():
+            for scheduler in app.schedulers.values():
+                await scheduler.stop()
+
+    @asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """Pass to your app (`FastAPI(lifespan=asgiserve.router.lifespan)`) or enter it in yours."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def serve_lifespan(self, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan protocol, for when the router is the server's top-level app."""
+        await receive()
+        try:
+            await self.start()
+        except Exception as exc:
+            await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        await self.stop()
+        await send({"type": "lifespan.shutdown.complete"})

@@ -1,0 +1,171 @@
+"""One scheduler per deployment: picks a replica, enforces the limits, queues the rest.
+
+Backend-agnostic: it sees replicas only through `Replica.handle`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.types import Receive, Send
+
+from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
+from asgiserve.config import DeploymentConfig
+from asgiserve.exceptions import BackPressureError, DeploymentUnavailableError
+
+
+@dataclass(eq=False)
+class Slot:
+    """A replica and the number of calls it is running now."""
+
+    replica: Replica
+    in_flight: int = 0
+    started: bool = False
+
+
+class Scheduler:
+    def __init__(
+        self,
+        app_name: str,
+        config: DeploymentConfig,
+        backend: Backend,
+        make_spec: Callable[[str], ReplicaSpec],
+    ) -> None:
+        self.app_name = app_name
+        self.config = config
+        self.backend = backend
+        self.make_spec = make_spec
+        self.slots: list[Slot] = []
+        self.waiters: deque[asyncio.Future[Slot]] = deque()
+        self.starting: asyncio.Future[None] | None = None
+        self.started = False
+        self.closed = False
+        self.replica_counter = 0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def next_replica_id(self) -> str:
+        self.replica_counter += 1
+        return f"{self.app_name}#{self.config.name}#{self.replica_counter}"
+
+    def start_replicas(self) -> None:
+        """Build every replica now, so a failing constructor fails `run()` (blocking)."""
+        while len(self.slots) < self.config.num_replicas:
+            spec = self.make_spec(self.next_replica_id())
+            self.slots.append(Slot(self.backend.start_replica(spec)))
+
+    async def ensure_started(self) -> None:
+        """Replicas start on first use (and on the router's lifespan startup), once."""
+        if self.closed:
+            raise DeploymentUnavailableError(
+                f"deployment {self.name!r} of application {self.app_name!r} was deleted"
+            )
+        if self.starting is None or (self.starting.done() and self.starting.exception()):
+            self.starting = asyncio.ensure_future(self.start())
+        await asyncio.shield(self.starting)
+        self.started = True
+
+    async def start(self) -> None:
+        if not self.slots:
+            await asyncio.to_thread(self.start_replicas)  # after a stop: build them again
+        for slot in self.slots:
+            if not slot.started:
+                await slot.replica.start()
+                slot.started = True
+
+    def pick(self) -> Slot | None:
+        """Power of two choices on in-flight counts; None when every replica is full."""
+        slots = self.slots
+        limit = self.config.max_ongoing_requests
+        if len(slots) == 1:
+            best = slots[0]
+        else:
+            first, second = random.sample(slots, 2)
+            best = first if first.in_flight <= second.in_flight else second
+            if best.in_flight >= limit:
+                best = min(slots, key=lambda slot: slot.in_flight)
+        return best if best.in_flight < limit else None
+
+    async def acquire(self) -> Slot:
+        slot = self.pick()
+        if slot is not None:
+            slot.in_flight += 1
+            return slot
+        limit = self.config.max_queued_requests
+        if limit != -1 and len(self.waiters) >= limit:
+            raise BackPressureError(
+                f"deployment {self.name!r} has {len(self.waiters)} requests queued "
+                f"(max_queued_requests={limit}); try again later"
+            )
+        waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            return await waiter  # handed over with its in-flight count already taken
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())
+            else:
+                self.waiters.remove(waiter)
+            raise
+
+    def release(self, slot: Slot) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(slot)
+                return
+        slot.in_flight -= 1
+
+    async def handle(self, call: Call, receive: Receive, send: Send) -> None:
+        if not self.started:
+            await self.ensure_started()
+        slot = await self.acquire()
+        try:
+            await slot.replica.handle(call, receive, send)
+        finally:
+            self.release(slot)
+
+    async def stop(self) -> None:
+        """Stop the replicas; a later call starts new ones."""
+        slots, self.slots = self.slots, []
+        self.started = False
+        self.starting = None
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(
+                    DeploymentUnavailableError(f"deployment {self.name!r} is shutting down")
+                )
+        timeout = self.config.graceful_shutdown_timeout_s
+        await asyncio.gather(
+            *(slot.replica.stop(timeout) for slot in slots),
+            return_exceptions=True,
+        )
+
+    async def close(self) -> None:
+        """Stop for good: the deployment was deleted."""
+        self.closed = True
+        await self.stop()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "status": "DELETED" if self.closed else "HEALTHY" if self.slots else "STOPPED",
+            "backend": self.backend.name,
+            "num_replicas": self.config.num_replicas,
+            "queued": len(self.waiters),
+            "replicas": [
+                {
+                    "replica_id": slot.replica.replica_id,
+                    "state": "RUNNING" if slot.started else "STARTING",
+                    "in_flight": slot.in_flight,
+                }
+                for slot in self.slots
+            ],
+        }
