@@ -6,7 +6,6 @@ this checkout has), so new backends run the same suite unchanged.
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Iterator
 
@@ -20,15 +19,9 @@ from tests.servers import SERVERS, LiveServer, serve
 BACKENDS = os.environ.get("ASGISERVE_TEST_BACKENDS", "inprocess").split(",")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Async tests run on asyncio through anyio's pytest plugin."""
-    for item in items:
-        if inspect.iscoroutinefunction(getattr(item, "function", None)):
-            item.add_marker(pytest.mark.anyio)
-
-
 @pytest.fixture
 def anyio_backend() -> str:
+    """Async tests (marked `pytest.mark.anyio`) run on asyncio."""
     return "asyncio"
 
 

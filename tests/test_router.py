@@ -259,6 +259,7 @@ def test_two_routers(backend: str) -> None:
         assert client.get("/two/").json()["tag"] == "b"
 
 
+@pytest.mark.anyio
 async def test_in_memory_asgi_transport(backend: str) -> None:
     asgiserve.run(Echo.bind(), route_prefix="/m")
     app = FastAPI()
