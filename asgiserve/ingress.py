@@ -68,19 +68,13 @@ def build_app(app: ASGIApp, cls: type, instance: object) -> ASGIApp:
     """The app one replica serves: class-view routes bound to `instance`, others' dropped."""
     router = getattr(app, "router", None)
     routes: list[BaseRoute] = list(getattr(router, "routes", []))
-    if not any(method_owner(route) for route in routes):
+    if not has_class_views(routes):
         return app  # served as it is
+    # Routes a base class declared are the subclass's too.
+    owners = {klass.__qualname__ for klass in cls.__mro__ if klass is not object}
     served: Any = copy.copy(app)
     served_router = copy.copy(router)
-    served_router.routes = []  # type: ignore[union-attr]
-    for route in routes:
-        owner = method_owner(route)
-        if owner is None:
-            if not is_docs_route(route):
-                served_router.routes.append(route)  # type: ignore[union-attr]
-        elif owner == cls.__qualname__:
-            bound = types.MethodType(route.endpoint, instance)  # type: ignore[attr-defined]
-            served_router.routes.append(rebuild_route(route, bound))  # type: ignore[union-attr]
+    served_router.routes = serve_routes(routes, owners, instance)  # type: ignore[union-attr]
     # Starlette's Router dispatches through a bound method of the router it was built as.
     served_router.middleware_stack = served_router.app  # type: ignore[union-attr]
     served.router = served_router
@@ -90,6 +84,49 @@ def build_app(app: ASGIApp, cls: type, instance: object) -> ASGIApp:
         served.setup()  # docs routes that describe this copy, not the shared original
     result: ASGIApp = served
     return result
+
+
+def has_class_views(routes: list[BaseRoute]) -> bool:
+    return any(
+        method_owner(route) is not None or has_class_views(included_routes(route))
+        for route in routes
+    )
+
+
+def included_routes(route: BaseRoute) -> list[BaseRoute]:
+    """The routes of an `APIRouter` that `include_router` added by reference.
+
+    Newer FastAPI keeps an included router as one route holding `original_router`, instead
+    of copying its routes into the app; class-view methods declared on it live in there.
+    """
+    return list(getattr(getattr(route, "original_router", None), "routes", []))
+
+
+def serve_routes(routes: list[BaseRoute], owners: set[str], instance: object) -> list[BaseRoute]:
+    """`routes` with `owners`' methods bound to `instance` and other classes' methods dropped."""
+    served: list[BaseRoute] = []
+    for route in routes:
+        owner = method_owner(route)
+        if owner is None:
+            if has_class_views(included_routes(route)):
+                served.append(rebuild_included(route, owners, instance))
+            elif not is_docs_route(route):
+                served.append(route)
+        elif owner in owners:
+            bound = types.MethodType(route.endpoint, instance)  # type: ignore[attr-defined]
+            served.append(rebuild_route(route, bound))
+    return served
+
+
+def rebuild_included(route: BaseRoute, owners: set[str], instance: object) -> BaseRoute:
+    """An included router's route again, around a copy of the router with bound methods."""
+    included: Any = route
+    router = copy.copy(included.original_router)
+    router.routes = serve_routes(router.routes, owners, instance)
+    rebuilt: BaseRoute = type(included)(
+        original_router=router, include_context=included.include_context
+    )
+    return rebuilt
 
 
 def is_docs_route(route: BaseRoute) -> bool:

@@ -1,0 +1,89 @@
+"""The apps under load, as uvicorn factories: `uvicorn --factory apps:bare_starlette`.
+
+Each factory builds its app only when the server calls it, so the bare Starlette server
+never imports asgiserve and each asgiserve server deploys its application exactly once.
+Every app answers `GET /` with `{"hello": "world"}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+HELLO = {"hello": "world"}
+
+
+async def noop(request: Request) -> JSONResponse:
+    return JSONResponse(HELLO)
+
+
+def bare_starlette() -> Starlette:
+    """The baseline: one Starlette route, no asgiserve."""
+    return Starlette(routes=[Route("/", noop)])
+
+
+def bare_fastapi() -> FastAPI:
+    """The FastAPI baseline: one FastAPI route, no asgiserve."""
+    app = FastAPI()
+
+    @app.get("/")
+    async def root() -> dict[str, str]:
+        return HELLO
+
+    return app
+
+
+class Noop:
+    """The deployment under test: does nothing but answer."""
+
+    async def __call__(self, request: Request) -> dict[str, str]:
+        return HELLO
+
+
+def deploy_noop(**options: Any) -> None:
+    """Deploy `Noop` at `/` on the default router, the way users do."""
+    import asgiserve
+
+    asgiserve.run(asgiserve.deployment(Noop).options(**options).bind(), route_prefix="/")
+
+
+def asgiserve_inprocess() -> Starlette:
+    """asgiserve with the in-process backend and default options, mounted in Starlette."""
+    import asgiserve
+
+    deploy_noop()
+    return Starlette(routes=[Mount("/", asgiserve.router)])
+
+
+def asgiserve_inprocess_wide() -> Starlette:
+    """As `asgiserve_inprocess`, with `max_ongoing_requests` above any connection count,
+    so no request waits in the scheduler's queue: isolates the queueing cost."""
+    import asgiserve
+
+    deploy_noop(max_ongoing_requests=1024)
+    return Starlette(routes=[Mount("/", asgiserve.router)])
+
+
+def fastapi_asgiserve_inprocess() -> FastAPI:
+    """asgiserve with the in-process backend, mounted in a FastAPI outer app."""
+    import asgiserve
+
+    deploy_noop()
+    app = FastAPI()
+    app.mount("/", asgiserve.router)
+    return app
+
+
+# name on the command line -> factory in this module
+FACTORIES = {
+    "starlette": "bare_starlette",
+    "fastapi": "bare_fastapi",
+    "asgiserve": "asgiserve_inprocess",
+    "asgiserve-wide": "asgiserve_inprocess_wide",
+    "fastapi-asgiserve": "fastapi_asgiserve_inprocess",
+}

@@ -1,0 +1,467 @@
+"""Load-test asgiserve against bare Starlette over HTTP on loopback, with wrk.
+
+Each app runs in its own uvicorn server subprocess (one worker, same settings for all) on a
+free 127.0.0.1 port. Per round, the apps run one after another (bare, asgiserve, bare,
+asgiserve, ...); for each, the script waits until the server answers, warms it up, loads
+it with wrk at each connection count, and stops it. The report is the median per app over
+the rounds.
+
+    python benchmarks/http_bench.py --rounds 3 --duration 8 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from apps import FACTORIES, HELLO  # noqa: E402 - needs the path set above
+
+HOST = "127.0.0.1"  # loopback only, never any other address
+LUA_SCRIPT = HERE / "wrk_report.lua"
+WRK_MARKER = "WRK_JSON "
+BASELINE = "starlette"  # every other app is compared with this one
+TARGET_THROUGHPUT_RATIO = 0.85  # asgiserve req/s at most connections, vs the baseline
+TARGET_P50_RATIO = 1.25  # asgiserve p50 latency at fewest connections, vs the baseline
+
+
+@dataclass(frozen=True)
+class Options:
+    apps: list[str]
+    connections: list[int]
+    duration: int
+    warmup: int
+    rounds: int
+    startup_timeout: float
+    pin: bool
+    json_path: Path | None
+    check: bool
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One wrk run against one app at one connection count."""
+
+    app: str
+    connections: int
+    round: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The median over the rounds for one app at one connection count."""
+
+    app: str
+    connections: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    requests_per_s_min: float
+    requests_per_s_max: float
+    rounds: int
+    errors: int
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """An app against its baseline: throughput at most connections, p50 at fewest."""
+
+    app: str
+    baseline: str
+    throughput: float
+    throughput_paired: float
+    throughput_connections: int
+    p50: float
+    p50_paired: float
+    p50_connections: int
+    meets_targets: bool = field(default=False)
+
+
+# -- the server -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def uvicorn_settings() -> list[str]:
+    """The same for every app: uvloop and httptools when installed, quiet, one worker."""
+    loop = "uvloop" if has_module("uvloop") else "asyncio"
+    http = "httptools" if has_module("httptools") else "h11"
+    return ["--loop", loop, "--http", http, "--log-level", "warning", "--no-access-log"]
+
+
+def server_command(app: str, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "--factory",
+        f"apps:{FACTORIES[app]}", "--host", HOST, "--port", str(port), *uvicorn_settings(),
+    ]  # fmt: skip
+
+
+def pin(pid: int, cpu: int) -> None:
+    """Keep `pid` on one CPU (server and wrk on different ones) when `--pin` is given."""
+    if cpu < (os.cpu_count() or 1):
+        os.sched_setaffinity(pid, {cpu})
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            body = json.loads(response.read())
+            return response.status == 200 and bool(body == HELLO)
+    except (OSError, ValueError):
+        return False
+
+
+def wait_until_answering(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with code {process.returncode} before answering")
+        if answers(url):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"server did not answer {url} with {HELLO} within {timeout} s")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown, lifespan included
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextlib.contextmanager
+def server(app: str, options: Options) -> Iterator[str]:
+    """Run `app` in a uvicorn subprocess; yields its URL once it answers."""
+    port = free_port()
+    url = f"http://{HOST}:{port}/"
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(server_command(app, port), stdout=log, stderr=log, cwd=ROOT)
+        if options.pin:
+            pin(process.pid, 0)
+        try:
+            wait_until_answering(url, process, options.startup_timeout)
+            yield url
+        except BaseException:
+            stop(process)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace"))
+            raise
+        finally:
+            stop(process)
+
+
+# -- wrk ------------------------------------------------------------------------------
+
+
+def wrk_command(url: str, connections: int, duration: int, pinned: bool) -> list[str]:
+    command = [
+        "wrk", "-t", "1", "-c", str(connections), "-d", f"{duration}s", "--latency",
+        "-s", str(LUA_SCRIPT), url,
+    ]  # fmt: skip
+    if pinned and (os.cpu_count() or 1) > 1 and shutil.which("taskset"):
+        command = ["taskset", "-c", "1", *command]
+    return command
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    for line in output.splitlines():
+        if line.startswith(WRK_MARKER):
+            return json.loads(line[len(WRK_MARKER) :])  # type: ignore[no-any-return]
+    raise RuntimeError(f"no {WRK_MARKER.strip()} line in wrk's output:\n{output}")
+
+
+def run_wrk(url: str, connections: int, duration: int, pinned: bool) -> dict[str, Any]:
+    command = wrk_command(url, connections, duration, pinned)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=duration + 30, check=True
+    )
+    return parse_wrk(done.stdout)
+
+
+def measure(app: str, url: str, connections: int, round_: int, options: Options) -> Measurement:
+    if options.warmup > 0:
+        run_wrk(url, connections, options.warmup, options.pin)
+    report = run_wrk(url, connections, options.duration, options.pin)
+    latency = report["latency_us"]
+    return Measurement(
+        app=app,
+        connections=connections,
+        round=round_,
+        requests_per_s=report["requests"] / (report["duration_us"] / 1e6),
+        p50_ms=latency["p50"] / 1000,
+        p99_ms=latency["p99"] / 1000,
+        requests=report["requests"],
+        errors=report["errors"],
+    )
+
+
+def run_all(options: Options, out: TextIO) -> list[Measurement]:
+    """Every round runs every app in turn; a server per app per round."""
+    measurements: list[Measurement] = []
+    for round_ in range(1, options.rounds + 1):
+        for app in options.apps:
+            with server(app, options) as url:
+                for connections in options.connections:
+                    found = measure(app, url, connections, round_, options)
+                    measurements.append(found)
+                    print(progress_line(found), file=out, flush=True)
+    return measurements
+
+
+def progress_line(m: Measurement) -> str:
+    errors = sum(m.errors.values())
+    return (
+        f"round {m.round}  {m.app:<18} c={m.connections:<4} {m.requests_per_s:>9.0f} req/s"
+        f"  p50 {m.p50_ms:7.3f} ms  p99 {m.p99_ms:7.3f} ms"
+        + (f"  ERRORS {m.errors}" if errors else "")
+    )
+
+
+# -- the report -----------------------------------------------------------------------
+
+
+def select(measurements: Sequence[Measurement], app: str, connections: int) -> list[Measurement]:
+    return [m for m in measurements if m.app == app and m.connections == connections]
+
+
+def summarise(measurements: Sequence[Measurement], options: Options) -> list[Summary]:
+    rows = []
+    for app in options.apps:
+        for connections in options.connections:
+            runs = select(measurements, app, connections)
+            rates = [m.requests_per_s for m in runs]
+            rows.append(
+                Summary(
+                    app=app,
+                    connections=connections,
+                    requests_per_s=statistics.median(rates),
+                    p50_ms=statistics.median(m.p50_ms for m in runs),
+                    p99_ms=statistics.median(m.p99_ms for m in runs),
+                    requests_per_s_min=min(rates),
+                    requests_per_s_max=max(rates),
+                    rounds=len(runs),
+                    errors=sum(sum(m.errors.values()) for m in runs),
+                )
+            )
+    return rows
+
+
+def row(rows: Sequence[Summary], app: str, connections: int) -> Summary:
+    return next(r for r in rows if r.app == app and r.connections == connections)
+
+
+def paired_ratio(
+    measurements: Sequence[Measurement], app: str, baseline: str, connections: int, key: str
+) -> float:
+    """Median over rounds of the per-round ratio: each app against the baseline run
+    next to it, which cancels slow drifts in the machine's load."""
+    ours = {m.round: getattr(m, key) for m in select(measurements, app, connections)}
+    theirs = {m.round: getattr(m, key) for m in select(measurements, baseline, connections)}
+    return float(statistics.median(ours[r] / theirs[r] for r in ours if r in theirs))
+
+
+def ratios(
+    rows: Sequence[Summary], measurements: Sequence[Measurement], options: Options
+) -> list[Ratio]:
+    if BASELINE not in options.apps:
+        return []
+    most, fewest = max(options.connections), min(options.connections)
+    found = []
+    for app in options.apps:
+        if app == BASELINE:
+            continue
+        base = BASELINE
+        throughput = row(rows, app, most).requests_per_s / row(rows, base, most).requests_per_s
+        p50 = row(rows, app, fewest).p50_ms / row(rows, base, fewest).p50_ms
+        found.append(
+            Ratio(
+                app=app,
+                baseline=base,
+                throughput=throughput,
+                throughput_paired=paired_ratio(measurements, app, base, most, "requests_per_s"),
+                throughput_connections=most,
+                p50=p50,
+                p50_paired=paired_ratio(measurements, app, base, fewest, "p50_ms"),
+                p50_connections=fewest,
+                meets_targets=throughput >= TARGET_THROUGHPUT_RATIO and p50 <= TARGET_P50_RATIO,
+            )
+        )
+    return found
+
+
+def table(rows: Sequence[Summary]) -> str:
+    header = (
+        f"{'app':<18} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f" {'req/s min-max':>17} {'errors':>6}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        spread = f"{r.requests_per_s_min:.0f}-{r.requests_per_s_max:.0f}"
+        lines.append(
+            f"{r.app:<18} {r.connections:>5} {r.requests_per_s:>9.0f} {r.p50_ms:>8.3f}"
+            f" {r.p99_ms:>8.3f} {spread:>17} {r.errors:>6}"
+        )
+    return "\n".join(lines)
+
+
+def ratio_lines(found: Sequence[Ratio]) -> str:
+    lines = []
+    for r in found:
+        verdict = "meets targets" if r.meets_targets else "MISSES targets"
+        if "asgiserve" not in r.app:
+            verdict = "reference, no target"
+        lines.append(
+            f"{r.app} / {r.baseline}: throughput at {r.throughput_connections} conns "
+            f"{r.throughput:.3f} (paired {r.throughput_paired:.3f}; target >= "
+            f"{TARGET_THROUGHPUT_RATIO}), p50 at {r.p50_connections} conn {r.p50:.3f} "
+            f"(paired {r.p50_paired:.3f}; target <= {TARGET_P50_RATIO}): {verdict}"
+        )
+    return "\n".join(lines)
+
+
+def version_of(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    packages = ("asgiserve", "starlette", "fastapi", "uvicorn", "uvloop", "httptools")
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "wrk": (wrk.stdout or wrk.stderr).splitlines()[0].strip(),
+        "uvicorn_settings": uvicorn_settings(),
+        "packages": {name: version_of(name) for name in packages},
+    }
+
+
+def write_json(
+    path: Path,
+    options: Options,
+    env: dict[str, Any],
+    measurements: Sequence[Measurement],
+    rows: Sequence[Summary],
+    found: Sequence[Ratio],
+) -> None:
+    document = {
+        "options": {**asdict(options), "json_path": str(options.json_path)},
+        "environment": env,
+        "targets": {"throughput_ratio": TARGET_THROUGHPUT_RATIO, "p50_ratio": TARGET_P50_RATIO},
+        "summary": [asdict(r) for r in rows],
+        "ratios": [asdict(r) for r in found],
+        "measurements": [asdict(m) for m in measurements],
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+# -- the command line -----------------------------------------------------------------
+
+
+def comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def parse_args(argv: Sequence[str] | None) -> Options:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--apps", default="starlette,asgiserve",
+        help=f"comma-separated, in run order; any of {', '.join(FACTORIES)}",
+    )  # fmt: skip
+    parser.add_argument("--connections", default="1,64", help="comma-separated wrk -c values")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--warmup", type=int, default=2, help="seconds of load before each run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; median wins")
+    parser.add_argument("--startup-timeout", type=float, default=30.0, help="seconds")
+    parser.add_argument("--pin", action="store_true", help="server on CPU 0, wrk on CPU 1")
+    parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args(argv)
+    apps = comma_list(args.apps)
+    unknown = [app for app in apps if app not in FACTORIES]
+    if unknown:
+        parser.error(f"unknown apps {unknown}; choose from {list(FACTORIES)}")
+    if args.duration < 1 or args.rounds < 1 or args.warmup < 0:
+        parser.error("--duration and --rounds must be at least 1, --warmup at least 0")
+    return Options(
+        apps=apps,
+        connections=sorted({int(c) for c in comma_list(args.connections)}),
+        duration=args.duration,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        startup_timeout=args.startup_timeout,
+        pin=args.pin,
+        json_path=args.json,
+        check=args.check,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    options = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
+        return 2
+    env = environment()
+    settings = " ".join(env["uvicorn_settings"])
+    print(
+        f"uvicorn {settings}, one worker, on {HOST}; "
+        f"{options.rounds} rounds x {options.duration} s (+{options.warmup} s warm-up)"
+    )
+    measurements = run_all(options, sys.stdout)
+    rows = summarise(measurements, options)
+    found = ratios(rows, measurements, options)
+    print(f"\nmedian of {options.rounds} rounds (wrk -t 1):\n{table(rows)}")
+    if found:
+        print(f"\n{ratio_lines(found)}")
+    if options.json_path is not None:
+        write_json(options.json_path, options, env, measurements, rows, found)
+        print(f"\nwrote {options.json_path}")
+    if options.check and not all(r.meets_targets for r in found if "asgiserve" in r.app):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
