@@ -12,6 +12,7 @@ from asgiserve.api import (
     status,
 )
 from asgiserve.config import HTTPOptions
+from asgiserve.context import RequestContext, get_request_context
 from asgiserve.deployment import Application, Deployment, deployment
 from asgiserve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 from asgiserve.ingress import ingress
@@ -26,6 +27,7 @@ __all__ = [
     "DeploymentResponse",
     "DeploymentResponseGenerator",
     "HTTPOptions",
+    "RequestContext",
     "Router",
     "adapters",
     "backends",
@@ -34,6 +36,7 @@ __all__ = [
     "exceptions",
     "get_app_handle",
     "get_deployment_handle",
+    "get_request_context",
     "ingress",
     "router",
     "run",

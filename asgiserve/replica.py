@@ -16,6 +16,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from asgiserve import context
 from asgiserve.backends.base import ITEM, RESULT, Call, ReplicaSpec
 from asgiserve.ingress import build_app, ingress_app
 from asgiserve.loops import on_loop
@@ -140,6 +141,18 @@ class ReplicaRuntime:
             await self.lifespan.startup()
 
     async def handle(self, call: Call, receive: Receive, send: Send) -> None:
+        spec = self.spec
+        token = context.current.set(
+            context.RequestContext(
+                call.request_id, spec.app_name, spec.deployment_name, spec.replica_id, call.route
+            )
+        )
+        try:
+            await self.dispatch(call, receive, send)
+        finally:
+            context.current.reset(token)
+
+    async def dispatch(self, call: Call, receive: Receive, send: Send) -> None:
         if call.kind == "asgi":
             assert call.scope is not None
             scope = call.scope

@@ -6,9 +6,11 @@ hands the ASGI exchange to that application's ingress scheduler.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import re
-import uuid
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,10 +24,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asgiserve import registry
 from asgiserve.backends import Backend
 from asgiserve.backends.base import Call
+from asgiserve.config import DEFAULT_MAX_BODY_SIZE
 from asgiserve.exceptions import BackPressureError, DeploymentUnavailableError
 from asgiserve.responses import error_response
+from asgiserve.watch import RequestWatch
 
 logger = logging.getLogger("asgiserve")
+# One line per request at INFO: app, deployment, replica, request id, method, route, status, ms.
+access_log = logger
 
 # Keys that belong to the outer app; the ingress app is a top-level app of its own.
 OUTER_KEYS = ("app", "router", "endpoint", "route", "app_root_path", "path_params")
@@ -72,11 +78,38 @@ def normalise_prefix(prefix: str) -> str:
     return prefix.rstrip("/") or "/"
 
 
-def request_id_of(scope: Scope) -> str:
-    for key, value in scope["headers"]:
-        if key == b"x-request-id":
-            return value.decode("latin-1")  # type: ignore[no-any-return]
-    return uuid.uuid4().hex
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than the limit of {limit} bytes (max_body_size)")
+
+
+class Exchange:
+    """One HTTP or WebSocket exchange as the router tracks it."""
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self.request_id = ""
+        self.content_length = -1
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                self.request_id = value.decode("latin-1")
+            elif key == b"content-length" and value.isdigit():
+                self.content_length = int(value)
+        if not self.request_id:
+            self.request_id = os.urandom(16).hex()  # unique as uuid4().hex, a fifth of the cost
+        self.header = (b"x-request-id", self.request_id.encode("latin-1"))
+        self.server_send = send
+        self.status = 0
+        self.watch: RequestWatch | None = None
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+            message["headers"] = [*message.get("headers", ()), self.header]
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            if self.watch is not None:
+                self.watch.response_complete()
+        await self.server_send(message)
 
 
 class Router:
@@ -88,10 +121,12 @@ class Router:
         backend: str | Backend | None = None,
         middleware: Sequence[Middleware] | None = None,
         request_timeout_s: float | None = None,
+        max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         debug: bool = False,
     ) -> None:
         self.backend = backend
         self.request_timeout_s = request_timeout_s
+        self.max_body_size = max_body_size
         self.debug = debug
         self.routes: list[PrefixRoute] = []
         app: ASGIApp = self.dispatch
@@ -133,17 +168,7 @@ class Router:
         root_path = scope.get("root_path", "")
         path = scope["path"]
         route_path = path[len(root_path) :] if root_path and path.startswith(root_path) else path
-        request_id = request_id_of(scope)
-        request_id_header = (b"x-request-id", request_id.encode("latin-1"))
-        started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message["headers"] = [*message.get("headers", ()), request_id_header]
-            await send(message)
-
+        exchange = Exchange(scope, send)
         for route in self.routes:
             found = route.match(route_path)
             if found is not None:
@@ -152,7 +177,8 @@ class Router:
             if await self.fall_through(scope, receive, send):
                 return
             if scope["type"] == "http":
-                await error_response(404, "Not Found", request_id)(scope, receive, send_with_id)
+                response = error_response(404, "Not Found", exchange.request_id)
+                await response(scope, receive, exchange.send)
             else:
                 await send({"type": "websocket.close", "code": 1000})
             return
@@ -169,16 +195,75 @@ class Router:
         if params:
             child["path_params"] = params
         app = route.app
-        call = Call(request_id, "asgi", scope=child, route=route.prefix)
+        call = Call(exchange.request_id, "asgi", scope=child, route=route.prefix)
+        started = time.perf_counter()
+        await self.serve(app, call, scope, receive, exchange)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "%s %s %s %s %s %s %s %.1fms",
+                app.name,
+                app.ingress,
+                call.replica_id or "-",
+                exchange.request_id,
+                scope.get("method", "WEBSOCKET"),
+                route.prefix,
+                exchange.status or "-",
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def serve(
+        self,
+        app: registry.RunningApp,
+        call: Call,
+        scope: Scope,
+        receive: Receive,
+        exchange: Exchange,
+    ) -> None:
+        """Run one exchange on the application's ingress; errors become responses here."""
+        scheduler = app.schedulers[app.ingress]
+        if scope["type"] != "http":
+            try:
+                await scheduler.handle(call, receive, exchange.send)
+            except Exception:
+                logger.exception("websocket %s to %r failed", exchange.request_id, app.name)
+                await exchange.server_send({"type": "websocket.close", "code": 1011})
+            return
+        if exchange.content_length > self.max_body_size:
+            exchange.status = 413
+            response = error_response(413, str(BodyTooLarge(self.max_body_size)), call.request_id)
+            await response(scope, receive, exchange.send)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        watch = exchange.watch = RequestWatch(receive, task, self.max_body_size)
+        deadline = None if self.request_timeout_s is None else asyncio.timeout(self.request_timeout_s)
         try:
-            await app.schedulers[app.ingress].handle(call, receive, send_with_id)
+            if deadline is None:
+                await scheduler.handle(call, watch.receive, exchange.send)
+            else:
+                async with deadline:
+                    await scheduler.handle(call, watch.receive, exchange.send)
+        except asyncio.CancelledError:
+            if not watch.cancelled_request:
+                raise
+            task.uncancel()  # we cancelled it: the client left; nobody is waiting for an answer
+            exchange.status = exchange.status or 499
         except Exception as exc:
-            if started or scope["type"] != "http":
-                logger.exception("request %s to %r failed", request_id, app.name)
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1011})
-                return
-            await self.error_response(exc, request_id, app.name)(scope, receive, send_with_id)
+            if watch.disconnected:
+                exchange.status = exchange.status or 499
+            elif exchange.status:
+                logger.error(
+                    "request %s to %r failed after its response started",
+                    call.request_id,
+                    app.name,
+                    exc_info=exc,
+                )
+            else:
+                timed_out = deadline is not None and deadline.expired()
+                answer = self.error_response(exc, call.request_id, app.name, timed_out)
+                await answer(scope, receive, exchange.send)
+        finally:
+            watch.close()
 
     async def fall_through(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Mounted at `/`, let the outer app's routes declared after the mount answer.
@@ -210,7 +295,14 @@ class Router:
         await route.handle(scope, receive, send)
         return True
 
-    def error_response(self, exc: Exception, request_id: str, app_name: str) -> ASGIApp:
+    def error_response(
+        self, exc: Exception, request_id: str, app_name: str, timed_out: bool = False
+    ) -> ASGIApp:
+        if timed_out:
+            detail = f"no response within request_timeout_s={self.request_timeout_s}"
+            return error_response(504, detail, request_id)
+        if isinstance(exc, BodyTooLarge):
+            return error_response(413, str(exc), request_id)
         if isinstance(exc, BackPressureError):
             response = error_response(503, str(exc), request_id)
             response.headers["retry-after"] = "1"

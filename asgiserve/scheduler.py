@@ -127,6 +127,7 @@ class Scheduler:
         if not self.started:
             await self.ensure_started()
         slot = await self.acquire()
+        call.replica_id = slot.replica.replica_id
         try:
             await slot.replica.handle(call, receive, send)
         finally:

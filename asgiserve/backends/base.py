@@ -40,6 +40,7 @@ class Call:
     kwargs: dict[str, Any] = field(default_factory=dict)
     scope: Scope | None = None
     route: str = ""
+    replica_id: str = ""  # filled in by the scheduler, for the access log
 
 
 @dataclass

@@ -1,0 +1,101 @@
+"""Noticing that an HTTP client has gone, so its request can be cancelled.
+
+A server's `receive` must have one reader. The handler reads the body through
+`RequestWatch.receive`; if the request is still running on the loop's next turn, a watcher
+task takes over reading the server's `receive` (queueing what the handler has not read
+yet) and cancels the request's task on `http.disconnect`. A fast request is over before
+that turn comes and never pays for the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+from starlette.types import Message, Receive
+
+DISCONNECT: Message = {"type": "http.disconnect"}
+
+
+class RequestWatch:
+    def __init__(self, receive: Receive, task: asyncio.Task[Any], max_body_size: int) -> None:
+        self.server_receive = receive
+        self.max_body_size = max_body_size
+        self.body_size = 0
+        self.task = task
+        self.loop = task.get_loop()
+        self.pending: deque[Message] = deque()
+        self.arrived: asyncio.Future[None] | None = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.reading = 0  # handler calls now inside the server's receive
+        self.wanted = False  # the next turn came while the handler was reading
+        self.complete = False  # the response has been sent in full, or the request is over
+        self.disconnected = False
+        self.cancelled_request = False
+        self.timer = self.loop.call_soon(self.start)
+
+    def start(self) -> None:
+        if self.complete or self.watcher is not None or self.disconnected:
+            return
+        if self.reading:
+            self.wanted = True  # take over when the handler's read returns
+            return
+        self.watcher = self.loop.create_task(self.watch())
+
+    async def watch(self) -> None:
+        while not self.disconnected:
+            message = await self.server_receive()
+            self.pending.append(message)
+            if message["type"] == "http.disconnect":
+                self.client_left()
+            if self.arrived is not None and not self.arrived.done():
+                self.arrived.set_result(None)
+
+    def client_left(self) -> None:
+        self.disconnected = True
+        if not self.complete:
+            self.cancelled_request = True
+            self.task.cancel()
+
+    async def receive(self) -> Message:
+        if self.watcher is None:
+            self.reading += 1
+            try:
+                message = await self.server_receive()
+            finally:
+                self.reading -= 1
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+            elif self.wanted and not self.reading:
+                self.wanted = False
+                self.start()
+            return self.counted(message)
+        while not self.pending:
+            if self.disconnected:
+                return DISCONNECT
+            if self.arrived is None or self.arrived.done():
+                self.arrived = self.loop.create_future()
+            await asyncio.shield(self.arrived)  # several readers may wait on one arrival
+        return self.counted(self.pending.popleft())
+
+    def counted(self, message: Message) -> Message:
+        """Bodies sent without a Content-Length are measured as they are read."""
+        body = message.get("body")
+        if body:
+            self.body_size += len(body)
+            if self.body_size > self.max_body_size:
+                from asgiserve.router import BodyTooLarge
+
+                raise BodyTooLarge(self.max_body_size)
+        return message
+
+    def response_complete(self) -> None:
+        """After the full response a disconnect is normal: it cancels nothing (background tasks)."""
+        self.complete = True
+
+    def close(self) -> None:
+        self.complete = True
+        self.timer.cancel()
+        if self.watcher is not None:
+            self.watcher.cancel()
