@@ -236,7 +236,8 @@ class Router:
         task = asyncio.current_task()
         assert task is not None
         watch = exchange.watch = RequestWatch(receive, task, self.max_body_size)
-        deadline = None if self.request_timeout_s is None else asyncio.timeout(self.request_timeout_s)
+        timeout_s = self.request_timeout_s
+        deadline = None if timeout_s is None else asyncio.timeout(timeout_s)
         try:
             if deadline is None:
                 await scheduler.handle(call, watch.receive, exchange.send)
