@@ -83,9 +83,17 @@ class Lifespan:
     async def run(self) -> None:
         scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": self.state}
         try:
-            await self.app(scope, self.inbox.get, self.replies.put)
+            await self.app(scope, self.receive, self.replies.put)
         except BaseException as exc:  # an app without lifespan support raises here
             await self.replies.put({"type": "asgiserve.lifespan.unsupported", "error": exc})
+
+    async def receive(self) -> Message:
+        try:
+            return await self.inbox.get()
+        except asyncio.CancelledError:
+            # The loop is closing under us (asyncio.run cancels every task at its end, as
+            # uvicorn's does when no lifespan was wired): shut the app down cleanly instead.
+            return {"type": "lifespan.shutdown"}
 
     async def send(self, event: str) -> None:
         await self.inbox.put({"type": f"lifespan.{event}"})

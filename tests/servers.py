@@ -46,15 +46,22 @@ def wait_for_port(port: int, thread: threading.Thread, timeout: float = 15) -> N
 
 
 @contextmanager
-def serve(app: Any, kind: str = "uvicorn", root_path: str = "", **options: Any) -> Iterator[LiveServer]:
+def serve(
+    app: Any, kind: str = "uvicorn", root_path: str = "", **options: Any
+) -> Iterator[LiveServer]:
     """Serve `app` with a real server until the block ends."""
     port = free_port()
     if kind == "uvicorn":
         import uvicorn
 
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", root_path=root_path,
-            lifespan=options.pop("lifespan", "auto"), **options,
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            root_path=root_path,
+            lifespan=options.pop("lifespan", "auto"),
+            **options,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, daemon=True)

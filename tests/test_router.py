@@ -76,7 +76,11 @@ def test_return_values(http: httpx.Client) -> None:
         if kind == "bytes":
             return b"\x00\x01"
         if kind == "numpy":
-            return {"array": np.arange(4).reshape(2, 2), "scalar": np.float32(0.5), "int": np.int64(7)}
+            return {
+                "array": np.arange(4).reshape(2, 2),
+                "scalar": np.float32(0.5),
+                "int": np.int64(7),
+            }
         if kind == "none":
             return None
         response = Response("custom", status_code=201, headers={"x-custom": "yes"})
@@ -267,5 +271,3 @@ async def test_in_memory_asgi_transport(backend: str) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         assert (await client.get("/m/x")).json()["root_path"] == "/m"
-
-
