@@ -20,7 +20,7 @@ from asgiserve import context
 from asgiserve.backends.base import ITEM, RESULT, Call, ReplicaSpec
 from asgiserve.ingress import build_app, ingress_app
 from asgiserve.loops import on_loop
-from asgiserve.responses import to_response
+from asgiserve.responses import JSONResponse, to_response
 
 
 def takes_arguments(fn: Callable[..., Any]) -> bool:
@@ -67,6 +67,23 @@ class RequestHandler:
         if inspect.isawaitable(result):
             result = await result
         await to_response(result)(scope, receive, send)
+
+
+class NoHTTP:
+    """The HTTP entry of a deployment with neither `__call__` nor an ingress app."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        detail = (
+            f"deployment {self.name!r} has no __call__ method and no ingress app, so it "
+            "answers handle calls only"
+        )
+        await JSONResponse({"detail": detail}, status_code=404)(scope, receive, send)
 
 
 class Lifespan:
@@ -131,8 +148,10 @@ class ReplicaRuntime:
             cls = target if inspect.isclass(target) else type(None)
             self.app: ASGIApp = build_app(app, cls, self.instance)
             self.lifespan = Lifespan(self.app)
-        else:
+        elif callable(self.instance):
             self.app = RequestHandler(self.method("__call__"))
+        else:
+            self.app = NoHTTP(spec.deployment_name)
 
     def method(self, name: str) -> Callable[..., Any]:
         if name == "__call__" and not inspect.isclass(self.spec.target):

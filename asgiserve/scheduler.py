@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from starlette.types import Receive, Send
 from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
 from asgiserve.config import DeploymentConfig
 from asgiserve.exceptions import BackPressureError, DeploymentUnavailableError
+from asgiserve.loops import running_loop
 
 
 @dataclass(eq=False)
@@ -42,6 +44,9 @@ class Scheduler:
         self.make_spec = make_spec
         self.slots: list[Slot] = []
         self.waiters: deque[asyncio.Future[Slot]] = deque()
+        # Handles may use one scheduler from several event loops (the server's, and the
+        # background loop behind synchronous `.result()` calls), so bookkeeping is locked.
+        self.lock = threading.RLock()
         self.starting: asyncio.Future[None] | None = None
         self.started = False
         self.closed = False
@@ -94,34 +99,52 @@ class Scheduler:
         return best if best.in_flight < limit else None
 
     async def acquire(self) -> Slot:
-        slot = self.pick()
-        if slot is not None:
-            slot.in_flight += 1
-            return slot
-        limit = self.config.max_queued_requests
-        if limit != -1 and len(self.waiters) >= limit:
-            raise BackPressureError(
-                f"deployment {self.name!r} has {len(self.waiters)} requests queued "
-                f"(max_queued_requests={limit}); try again later"
-            )
-        waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
+        with self.lock:
+            slot = self.pick()
+            if slot is not None:
+                slot.in_flight += 1
+                return slot
+            limit = self.config.max_queued_requests
+            if limit != -1 and len(self.waiters) >= limit:
+                raise BackPressureError(
+                    f"deployment {self.name!r} has {len(self.waiters)} requests queued "
+                    f"(max_queued_requests={limit}); try again later"
+                )
+            waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
         try:
             return await waiter  # handed over with its in-flight count already taken
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release(waiter.result())
-            else:
-                self.waiters.remove(waiter)
+            with self.lock:
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)  # still queued: dropped, never run
+                elif waiter.done() and not waiter.cancelled():
+                    self.release(waiter.result())
             raise
 
     def release(self, slot: Slot) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(slot)
-                return
-        slot.in_flight -= 1
+        """Hand the slot to the longest waiter, on that waiter's own event loop."""
+        with self.lock:
+            while self.waiters:
+                waiter = self.waiters.popleft()
+                if waiter.done():
+                    continue
+                loop = waiter.get_loop()
+                if loop is running_loop():
+                    waiter.set_result(slot)
+                    return
+                try:  # a handle's synchronous caller waits on the background loop
+                    loop.call_soon_threadsafe(self.hand_over, waiter, slot)
+                    return
+                except RuntimeError:  # that loop has closed
+                    continue
+            slot.in_flight -= 1
+
+    def hand_over(self, waiter: asyncio.Future[Slot], slot: Slot) -> None:
+        if waiter.done():  # cancelled while the slot was on its way
+            self.release(slot)
+        else:
+            waiter.set_result(slot)
 
     async def handle(self, call: Call, receive: Receive, send: Send) -> None:
         if not self.started:

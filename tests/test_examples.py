@@ -30,24 +30,8 @@ EXAMPLES = sorted(
 )
 
 
-# Examples that fail because of a bug in asgiserve (reported; see the reason).
-KNOWN_BUGS = {
-    "web_server_integration": (
-        "asgiserve/replica.py: ReplicaRuntime.__init__ builds RequestHandler(self.method("
-        "'__call__')) eagerly,"
-        " so a class deployment without __call__ (reached by handle methods only)"
-        " fails run() with AttributeError: deployment 'Model' has no method '__call__'"
-    ),
-}
-
-
 def example_params() -> list[object]:
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[name]))
-        if name in KNOWN_BUGS
-        else name
-        for name in EXAMPLES
-    ]
+    return list(EXAMPLES)
 
 
 def load_example(name: str) -> ModuleType:
@@ -163,17 +147,6 @@ def test_run_as_a_script(backend: str) -> None:
     assert "client OK" in result.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "asgiserve/scheduler.py: one Scheduler serves callers on two event loops (the "
-        "server's, and asgiserve.loops' background loop for sync `.result()` callers) "
-        "without thread-safety: release() resolves a waiter future of the other loop "
-        "with set_result from the wrong thread, so the queued call may never wake "
-        "(about 1 round in 4 hangs without asyncio debug; with debug on, "
-        "RuntimeError 'Non-thread-safe operation') and in_flight counts race"
-    ),
-)
 def test_sync_and_async_handle_callers_at_the_limit(backend: str) -> None:
     """web_server_integration's pattern: `async def` routes await a handle on the server's
     loop while `def` routes block on `.result()`; at `max_ongoing_requests` one queues."""
@@ -202,23 +175,21 @@ def test_sync_and_async_handle_callers_at_the_limit(backend: str) -> None:
         return str(await handle.work.remote("http"))
 
     app.mount("/", asgiserve.router)
-    loop = background_loop()
-    loop.set_debug(True)  # makes the cross-thread call raise instead of hanging at random
-    try:
-        with serve(app) as server:
-            for _ in range(3):
-                results: dict[str, object] = {}
+    background_loop()  # started before the round, so only the hand-over can wake it
+    with serve(app) as server:
+        for _ in range(5):
+            results: dict[str, object] = {}
 
-                def http_call(url: str, into: dict[str, object]) -> None:
-                    into["http"] = httpx.get(f"{url}/async", timeout=5).text
+            def http_call(url: str, into: dict[str, object]) -> None:
+                into["http"] = httpx.get(f"{url}/async", timeout=5).text
 
-                thread = threading.Thread(target=http_call, args=(server.url, results))
-                thread.start()
-                time.sleep(0.1)  # the HTTP call holds the only slot; this one queues
-                try:
-                    results["sync"] = handle.work.remote("sync").result(timeout_s=2)
-                finally:
-                    thread.join()
-                assert results == {"http": '"http"', "sync": "sync"}
-    finally:
-        loop.set_debug(False)
+            thread = threading.Thread(target=http_call, args=(server.url, results))
+            thread.start()
+            time.sleep(0.1)  # the HTTP call holds the only slot; this one queues
+            response = handle.work.remote("sync")
+            try:
+                results["sync"] = response.result(timeout_s=2)
+            finally:
+                response.cancel()  # a call stuck in the queue must not outlive the test
+                thread.join()
+            assert results == {"http": '"http"', "sync": "sync"}
