@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from asgiserve.backends.base import Call, ReplicaSpec
 
 
 @dataclass(frozen=True)
@@ -15,8 +19,9 @@ class RequestContext:
     route: str = ""
 
 
-NONE = RequestContext()
-current: ContextVar[RequestContext] = ContextVar("asgiserve_request", default=NONE)  # noqa: B039
+# The replica sets the call and its own spec; the context is built only when asked for,
+# which keeps the per-request cost to one tuple.
+current: ContextVar[tuple[Call, ReplicaSpec] | None] = ContextVar("asgiserve_request", default=None)
 
 
 def get_request_context() -> RequestContext:
@@ -24,4 +29,10 @@ def get_request_context() -> RequestContext:
 
     Outside a replica every field is empty.
     """
-    return current.get()
+    served = current.get()
+    if served is None:
+        return RequestContext()
+    call, spec = served
+    return RequestContext(
+        call.request_id, spec.app_name, spec.deployment_name, spec.replica_id, call.route
+    )

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgiserve import context
-from asgiserve.backends.base import ITEM, RESULT, Call, ReplicaSpec
+from asgiserve.backends.base import ITEM, RESULT, Call, Replica, ReplicaSpec
 from asgiserve.ingress import build_app, ingress_app
 from asgiserve.loops import on_loop
 from asgiserve.responses import JSONResponse, to_response
@@ -64,8 +64,8 @@ class RequestHandler:
             result = await self.fn(*args)
         else:
             result = await run_in_threadpool(self.fn, *args)
-        if inspect.isawaitable(result):
-            result = await result
+            if inspect.isawaitable(result):
+                result = await result
         await to_response(result)(scope, receive, send)
 
 
@@ -134,9 +134,12 @@ class Lifespan:
             await self.task
 
 
-class ReplicaRuntime:
+class ReplicaRuntime(Replica):
+    """One replica. In-process it is the backend's `Replica` itself; other backends wrap it."""
+
     def __init__(self, spec: ReplicaSpec) -> None:
         self.spec = spec
+        self.replica_id = spec.replica_id
         target = spec.target
         if inspect.isclass(target):
             self.instance: Any = target(*spec.init_args, **spec.init_kwargs)
@@ -168,25 +171,21 @@ class ReplicaRuntime:
             await self.lifespan.startup()
 
     async def handle(self, call: Call, receive: Receive, send: Send) -> None:
-        spec = self.spec
-        token = context.current.set(
-            context.RequestContext(
-                call.request_id, spec.app_name, spec.deployment_name, spec.replica_id, call.route
-            )
-        )
+        token = context.current.set((call, self.spec))
         try:
-            await self.dispatch(call, receive, send)
+            if call.kind == "asgi":
+                assert call.scope is not None
+                scope = call.scope
+                if self.lifespan is not None and self.lifespan.state:
+                    scope = {**scope, "state": dict(self.lifespan.state)}
+                await self.app(scope, receive, send)
+            else:
+                await self.call(call, send)
         finally:
             context.current.reset(token)
 
-    async def dispatch(self, call: Call, receive: Receive, send: Send) -> None:
-        if call.kind == "asgi":
-            assert call.scope is not None
-            scope = call.scope
-            if self.lifespan is not None and self.lifespan.state:
-                scope = {**scope, "state": dict(self.lifespan.state)}
-            await self.app(scope, receive, send)
-        elif call.kind == "call":
+    async def call(self, call: Call, send: Send) -> None:
+        if call.kind == "call":
             value = await invoke(self.method(call.method), *call.args, **call.kwargs)
             if inspect.isgenerator(value) or inspect.isasyncgen(value):
                 raise TypeError(
@@ -224,6 +223,6 @@ class ReplicaRuntime:
         if check is not None and inspect.isclass(self.spec.target):
             await invoke(check)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 0) -> None:
         if self.lifespan is not None:
             await self.lifespan.shutdown()

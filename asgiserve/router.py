@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from random import getrandbits
 from typing import Any
 
 from starlette.convertors import Convertor
@@ -86,6 +86,8 @@ class BodyTooLarge(Exception):
 class Exchange:
     """One HTTP or WebSocket exchange as the router tracks it."""
 
+    __slots__ = ("request_id", "content_length", "header", "server_send", "status", "watch")
+
     def __init__(self, scope: Scope, send: Send) -> None:
         self.request_id = ""
         self.content_length = -1
@@ -95,7 +97,8 @@ class Exchange:
             elif key == b"content-length" and value.isdigit():
                 self.content_length = int(value)
         if not self.request_id:
-            self.request_id = os.urandom(16).hex()  # unique as uuid4().hex, a fifth of the cost
+            # 128 random bits, as uuid4().hex has, without a system call per request.
+            self.request_id = f"{getrandbits(128):032x}"
         self.header = (b"x-request-id", self.request_id.encode("latin-1"))
         self.server_send = send
         self.status = 0
@@ -196,9 +199,11 @@ class Router:
             child["path_params"] = params
         app = route.app
         call = Call(exchange.request_id, "asgi", scope=child, route=route.prefix)
-        started = time.perf_counter()
-        await self.serve(app, call, scope, receive, exchange)
-        if access_log.isEnabledFor(logging.INFO):
+        if not access_log.isEnabledFor(logging.INFO):
+            await self.serve(app, call, scope, receive, exchange)
+        else:
+            started = time.perf_counter()
+            await self.serve(app, call, scope, receive, exchange)
             access_log.info(
                 "%s %s %s %s %s %s %s %.1fms",
                 app.name,

@@ -46,7 +46,7 @@ class Scheduler:
         self.waiters: deque[asyncio.Future[Slot]] = deque()
         # Handles may use one scheduler from several event loops (the server's, and the
         # background loop behind synchronous `.result()` calls), so bookkeeping is locked.
-        self.lock = threading.RLock()
+        self.lock = threading.Lock()
         self.starting: asyncio.Future[None] | None = None
         self.started = False
         self.closed = False
@@ -98,7 +98,15 @@ class Scheduler:
                 best = min(slots, key=lambda slot: slot.in_flight)
         return best if best.in_flight < limit else None
 
-    async def acquire(self) -> Slot:
+    def take(self) -> Slot | None:
+        """A replica slot now, or None when the call must queue."""
+        with self.lock:
+            slot = self.pick()
+            if slot is not None:
+                slot.in_flight += 1
+            return slot
+
+    async def wait_for_slot(self) -> Slot:
         with self.lock:
             slot = self.pick()
             if slot is not None:
@@ -116,10 +124,11 @@ class Scheduler:
             return await waiter  # handed over with its in-flight count already taken
         except asyncio.CancelledError:
             with self.lock:
-                if waiter in self.waiters:
+                queued = waiter in self.waiters
+                if queued:
                     self.waiters.remove(waiter)  # still queued: dropped, never run
-                elif waiter.done() and not waiter.cancelled():
-                    self.release(waiter.result())
+            if not queued and waiter.done() and not waiter.cancelled():
+                self.release(waiter.result())
             raise
 
     def release(self, slot: Slot) -> None:
@@ -149,7 +158,7 @@ class Scheduler:
     async def handle(self, call: Call, receive: Receive, send: Send) -> None:
         if not self.started:
             await self.ensure_started()
-        slot = await self.acquire()
+        slot = self.take() or await self.wait_for_slot()
         call.replica_id = slot.replica.replica_id
         try:
             await slot.replica.handle(call, receive, send)

@@ -19,6 +19,23 @@ DISCONNECT: Message = {"type": "http.disconnect"}
 
 
 class RequestWatch:
+    __slots__ = (
+        "server_receive",
+        "max_body_size",
+        "body_size",
+        "task",
+        "loop",
+        "pending",
+        "arrived",
+        "watcher",
+        "reading",
+        "wanted",
+        "complete",
+        "disconnected",
+        "cancelled_request",
+        "timer",
+    )
+
     def __init__(self, receive: Receive, task: asyncio.Task[Any], max_body_size: int) -> None:
         self.server_receive = receive
         self.max_body_size = max_body_size

@@ -29,7 +29,7 @@ ITEM = "asgiserve.item"
 CallKind = Literal["asgi", "call", "stream"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One request for a replica: an ASGI exchange or a method call."""
 
