@@ -43,6 +43,10 @@ HOST = "127.0.0.1"  # loopback only, never any other address
 LUA_SCRIPT = HERE / "wrk_report.lua"
 WRK_MARKER = "WRK_JSON "
 BASELINE = "starlette"  # every other app is compared with this one
+# Also compared with its own framework when that is in the run (no target applies).
+PAIRS = {"fastapi-asgiserve": "fastapi"}
+# Apps the targets apply to: asgiserve mounted in Starlette, against bare Starlette.
+TARGETED = ("asgiserve", "asgiserve-wide")
 TARGET_THROUGHPUT_RATIO = 0.85  # asgiserve req/s at most connections, vs the baseline
 TARGET_P50_RATIO = 1.25  # asgiserve p50 latency at fewest connections, vs the baseline
 
@@ -72,6 +76,9 @@ class Measurement:
     p99_ms: float
     requests: int
     errors: dict[str, int]
+    server_cpu_us_per_request: float  # user + system CPU of the server process
+    server_cpu_percent: float  # of one core, over the measured run
+    load_average: float  # the machine's 1-minute load average after the run
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,7 @@ class Summary:
     p99_ms: float
     requests_per_s_min: float
     requests_per_s_max: float
+    server_cpu_us_per_request: float
     rounds: int
     errors: int
 
@@ -101,6 +109,7 @@ class Ratio:
     p50: float
     p50_paired: float
     p50_connections: int
+    server_cpu: float  # CPU per request at most connections: the noise-resistant figure
     meets_targets: bool = field(default=False)
 
 
@@ -167,9 +176,21 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process `pid`, all its threads, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def server(app: str, options: Options) -> Iterator[str]:
-    """Run `app` in a uvicorn subprocess; yields its URL once it answers."""
+def server(app: str, options: Options) -> Iterator[Server]:
+    """Run `app` in a uvicorn subprocess; yields it once it answers."""
     port = free_port()
     url = f"http://{HOST}:{port}/"
     with tempfile.TemporaryFile() as log:
@@ -178,7 +199,7 @@ def server(app: str, options: Options) -> Iterator[str]:
             pin(process.pid, 0)
         try:
             wait_until_answering(url, process, options.startup_timeout)
-            yield url
+            yield Server(url, process.pid)
         except BaseException:
             stop(process)
             log.seek(0)
@@ -216,20 +237,28 @@ def run_wrk(url: str, connections: int, duration: int, pinned: bool) -> dict[str
     return parse_wrk(done.stdout)
 
 
-def measure(app: str, url: str, connections: int, round_: int, options: Options) -> Measurement:
+def measure(
+    app: str, target: Server, connections: int, round_: int, options: Options
+) -> Measurement:
     if options.warmup > 0:
-        run_wrk(url, connections, options.warmup, options.pin)
-    report = run_wrk(url, connections, options.duration, options.pin)
+        run_wrk(target.url, connections, options.warmup, options.pin)
+    cpu_before = cpu_seconds(target.pid)
+    report = run_wrk(target.url, connections, options.duration, options.pin)
+    cpu = cpu_seconds(target.pid) - cpu_before
     latency = report["latency_us"]
+    seconds = report["duration_us"] / 1e6
     return Measurement(
         app=app,
         connections=connections,
         round=round_,
-        requests_per_s=report["requests"] / (report["duration_us"] / 1e6),
+        requests_per_s=report["requests"] / seconds,
         p50_ms=latency["p50"] / 1000,
         p99_ms=latency["p99"] / 1000,
         requests=report["requests"],
         errors=report["errors"],
+        server_cpu_us_per_request=cpu * 1e6 / max(1, report["requests"]),
+        server_cpu_percent=100 * cpu / seconds,
+        load_average=os.getloadavg()[0],
     )
 
 
@@ -238,9 +267,9 @@ def run_all(options: Options, out: TextIO) -> list[Measurement]:
     measurements: list[Measurement] = []
     for round_ in range(1, options.rounds + 1):
         for app in options.apps:
-            with server(app, options) as url:
+            with server(app, options) as target:
                 for connections in options.connections:
-                    found = measure(app, url, connections, round_, options)
+                    found = measure(app, target, connections, round_, options)
                     measurements.append(found)
                     print(progress_line(found), file=out, flush=True)
     return measurements
@@ -251,7 +280,8 @@ def progress_line(m: Measurement) -> str:
     return (
         f"round {m.round}  {m.app:<18} c={m.connections:<4} {m.requests_per_s:>9.0f} req/s"
         f"  p50 {m.p50_ms:7.3f} ms  p99 {m.p99_ms:7.3f} ms"
-        + (f"  ERRORS {m.errors}" if errors else "")
+        f"  server {m.server_cpu_us_per_request:5.1f} us CPU/req ({m.server_cpu_percent:3.0f}%)"
+        f"  load {m.load_average:.2f}" + (f"  ERRORS {m.errors}" if errors else "")
     )
 
 
@@ -277,6 +307,9 @@ def summarise(measurements: Sequence[Measurement], options: Options) -> list[Sum
                     p99_ms=statistics.median(m.p99_ms for m in runs),
                     requests_per_s_min=min(rates),
                     requests_per_s_max=max(rates),
+                    server_cpu_us_per_request=statistics.median(
+                        m.server_cpu_us_per_request for m in runs
+                    ),
                     rounds=len(runs),
                     errors=sum(sum(m.errors.values()) for m in runs),
                 )
@@ -298,63 +331,82 @@ def paired_ratio(
     return float(statistics.median(ours[r] / theirs[r] for r in ours if r in theirs))
 
 
+def ratio(
+    rows: Sequence[Summary],
+    measurements: Sequence[Measurement],
+    app: str,
+    base: str,
+    connections: tuple[int, int],
+) -> Ratio:
+    """`app` against `base`: throughput and CPU at `connections[0]`, p50 at `connections[1]`."""
+    most, fewest = connections
+    throughput = row(rows, app, most).requests_per_s / row(rows, base, most).requests_per_s
+    p50 = row(rows, app, fewest).p50_ms / row(rows, base, fewest).p50_ms
+    return Ratio(
+        app=app,
+        baseline=base,
+        throughput=throughput,
+        throughput_paired=paired_ratio(measurements, app, base, most, "requests_per_s"),
+        throughput_connections=most,
+        p50=p50,
+        p50_paired=paired_ratio(measurements, app, base, fewest, "p50_ms"),
+        p50_connections=fewest,
+        server_cpu=row(rows, app, most).server_cpu_us_per_request
+        / row(rows, base, most).server_cpu_us_per_request,
+        meets_targets=throughput >= TARGET_THROUGHPUT_RATIO and p50 <= TARGET_P50_RATIO,
+    )
+
+
 def ratios(
     rows: Sequence[Summary], measurements: Sequence[Measurement], options: Options
 ) -> list[Ratio]:
-    if BASELINE not in options.apps:
-        return []
-    most, fewest = max(options.connections), min(options.connections)
-    found = []
-    for app in options.apps:
-        if app == BASELINE:
-            continue
-        base = BASELINE
-        throughput = row(rows, app, most).requests_per_s / row(rows, base, most).requests_per_s
-        p50 = row(rows, app, fewest).p50_ms / row(rows, base, fewest).p50_ms
-        found.append(
-            Ratio(
-                app=app,
-                baseline=base,
-                throughput=throughput,
-                throughput_paired=paired_ratio(measurements, app, base, most, "requests_per_s"),
-                throughput_connections=most,
-                p50=p50,
-                p50_paired=paired_ratio(measurements, app, base, fewest, "p50_ms"),
-                p50_connections=fewest,
-                meets_targets=throughput >= TARGET_THROUGHPUT_RATIO and p50 <= TARGET_P50_RATIO,
-            )
-        )
-    return found
+    """Every app against bare Starlette, then each of PAIRS against its own framework."""
+    connections = (max(options.connections), min(options.connections))
+    pairs = [(app, BASELINE) for app in options.apps if app != BASELINE]
+    pairs += [(app, base) for app, base in PAIRS.items() if {app, base} <= set(options.apps)]
+    return [
+        ratio(rows, measurements, app, base, connections)
+        for app, base in pairs
+        if base in options.apps
+    ]
+
+
+def targeted(r: Ratio) -> bool:
+    return r.app in TARGETED and r.baseline == BASELINE
 
 
 def table(rows: Sequence[Summary]) -> str:
     header = (
         f"{'app':<18} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
-        f" {'req/s min-max':>17} {'errors':>6}"
+        f" {'req/s min-max':>17} {'CPU us/req':>10} {'errors':>6}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         spread = f"{r.requests_per_s_min:.0f}-{r.requests_per_s_max:.0f}"
         lines.append(
             f"{r.app:<18} {r.connections:>5} {r.requests_per_s:>9.0f} {r.p50_ms:>8.3f}"
-            f" {r.p99_ms:>8.3f} {spread:>17} {r.errors:>6}"
+            f" {r.p99_ms:>8.3f} {spread:>17} {r.server_cpu_us_per_request:>10.1f} {r.errors:>6}"
         )
     return "\n".join(lines)
+
+
+def ratio_line(r: Ratio) -> str:
+    """One app against its baseline; the targets and a verdict for the targeted apps."""
+    aim = targeted(r)
+    throughput_target = f"; target >= {TARGET_THROUGHPUT_RATIO}" if aim else ""
+    p50_target = f"; target <= {TARGET_P50_RATIO}" if aim else ""
+    verdict = ("meets targets" if r.meets_targets else "MISSES targets") if aim else "reference"
+    return (
+        f"{r.app} / {r.baseline}: "
+        f"throughput at {r.throughput_connections} conns {r.throughput:.3f} "
+        f"(paired {r.throughput_paired:.3f}{throughput_target}), "
+        f"p50 at {r.p50_connections} conn {r.p50:.3f} (paired {r.p50_paired:.3f}{p50_target}), "
+        f"server CPU/req at {r.throughput_connections} conns {r.server_cpu:.3f}: {verdict}"
+    )
 
 
 def ratio_lines(found: Sequence[Ratio]) -> str:
-    lines = []
-    for r in found:
-        verdict = "meets targets" if r.meets_targets else "MISSES targets"
-        if "asgiserve" not in r.app:
-            verdict = "reference, no target"
-        lines.append(
-            f"{r.app} / {r.baseline}: throughput at {r.throughput_connections} conns "
-            f"{r.throughput:.3f} (paired {r.throughput_paired:.3f}; target >= "
-            f"{TARGET_THROUGHPUT_RATIO}), p50 at {r.p50_connections} conn {r.p50:.3f} "
-            f"(paired {r.p50_paired:.3f}; target <= {TARGET_P50_RATIO}): {verdict}"
-        )
-    return "\n".join(lines)
+    return "\n".join(ratio_line(r) for r in found)
 
 
 def version_of(distribution: str) -> str | None:
@@ -364,10 +416,25 @@ def version_of(distribution: str) -> str | None:
         return None
 
 
+def source_revision() -> str:
+    """The commit under test, with `+dirty` when asgiserve/ has uncommitted changes."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read-only: never touch the index
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, env=env
+    )
+    if head.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(
+        ["git", "diff", "--quiet", "HEAD", "--", "asgiserve"], cwd=ROOT, env=env, check=False
+    )
+    return head.stdout.strip() + ("+dirty" if dirty.returncode else "")
+
+
 def environment() -> dict[str, Any]:
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     packages = ("asgiserve", "starlette", "fastapi", "uvicorn", "uvloop", "httptools")
     return {
+        "revision": source_revision(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -446,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = environment()
     settings = " ".join(env["uvicorn_settings"])
     print(
-        f"uvicorn {settings}, one worker, on {HOST}; "
+        f"asgiserve {env['revision']}; uvicorn {settings}, one worker, on {HOST}; "
         f"{options.rounds} rounds x {options.duration} s (+{options.warmup} s warm-up)"
     )
     measurements = run_all(options, sys.stdout)
@@ -458,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.json_path is not None:
         write_json(options.json_path, options, env, measurements, rows, found)
         print(f"\nwrote {options.json_path}")
-    if options.check and not all(r.meets_targets for r in found if "asgiserve" in r.app):
+    if options.check and not all(r.meets_targets for r in found if targeted(r)):
         return 1
     return 0
 
