@@ -15,6 +15,19 @@ T = TypeVar("T")
 
 lock = threading.Lock()
 background: asyncio.AbstractEventLoop | None = None
+this_thread = threading.local()
+
+
+def serving_loop() -> asyncio.AbstractEventLoop:
+    """The running loop, remembered per thread.
+
+    On Python 3.11 `asyncio.get_running_loop()` makes a getpid() system call each time; a
+    thread runs one loop at a time, so the one it ran last is it while still running.
+    """
+    loop: asyncio.AbstractEventLoop | None = getattr(this_thread, "loop", None)
+    if loop is None or not loop.is_running():
+        loop = this_thread.loop = asyncio.get_running_loop()
+    return loop
 
 
 def running_loop() -> asyncio.AbstractEventLoop | None:

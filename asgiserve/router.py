@@ -7,13 +7,14 @@ hands the ASGI exchange to that application's ingress scheduler.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from random import getrandbits
 from typing import Any
 
 from starlette.convertors import Convertor
@@ -26,6 +27,7 @@ from asgiserve.backends import Backend
 from asgiserve.backends.base import Call
 from asgiserve.config import DEFAULT_MAX_BODY_SIZE
 from asgiserve.exceptions import BackPressureError, DeploymentUnavailableError
+from asgiserve.loops import serving_loop
 from asgiserve.responses import error_response
 from asgiserve.watch import RequestWatch
 
@@ -78,6 +80,23 @@ def normalise_prefix(prefix: str) -> str:
     return prefix.rstrip("/") or "/"
 
 
+def new_request_id() -> str:
+    """32 hex digits: a random prefix per process and a counter (cheaper than uuid4)."""
+    return f"{process_prefix}{next(request_counter):016x}"
+
+
+def fresh_prefix() -> None:
+    global process_prefix, request_counter
+    process_prefix = os.urandom(8).hex()
+    request_counter = itertools.count()
+
+
+process_prefix = ""
+request_counter = itertools.count()
+fresh_prefix()
+os.register_at_fork(after_in_child=fresh_prefix)
+
+
 class BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body is larger than the limit of {limit} bytes (max_body_size)")
@@ -97,8 +116,7 @@ class Exchange:
             elif key == b"content-length" and value.isdigit():
                 self.content_length = int(value)
         if not self.request_id:
-            # 128 random bits, as uuid4().hex has, without a system call per request.
-            self.request_id = f"{getrandbits(128):032x}"
+            self.request_id = new_request_id()
         self.header = (b"x-request-id", self.request_id.encode("latin-1"))
         self.server_send = send
         self.status = 0
@@ -238,7 +256,7 @@ class Router:
             response = error_response(413, str(BodyTooLarge(self.max_body_size)), call.request_id)
             await response(scope, receive, exchange.send)
             return
-        task = asyncio.current_task()
+        task = asyncio.current_task(serving_loop())
         assert task is not None
         watch = exchange.watch = RequestWatch(receive, task, self.max_body_size)
         timeout_s = self.request_timeout_s

@@ -45,7 +45,8 @@ class Scheduler:
         self.slots: list[Slot] = []
         self.waiters: deque[asyncio.Future[Slot]] = deque()
         # Handles may use one scheduler from several event loops (the server's, and the
-        # background loop behind synchronous `.result()` calls), so bookkeeping is locked.
+        # background loop behind synchronous `.result()` calls): queueing is locked; the
+        # common path, a free slot and nobody queued, is not, and re-checks after queueing.
         self.lock = threading.Lock()
         self.starting: asyncio.Future[None] | None = None
         self.started = False
@@ -99,12 +100,13 @@ class Scheduler:
         return best if best.in_flight < limit else None
 
     def take(self) -> Slot | None:
-        """A replica slot now, or None when the call must queue."""
-        with self.lock:
-            slot = self.pick()
-            if slot is not None:
-                slot.in_flight += 1
-            return slot
+        """A replica slot now, or None when the call must queue (then `wait_for_slot`)."""
+        if self.waiters:
+            return None  # first come, first served
+        slot = self.pick()
+        if slot is not None:
+            slot.in_flight += 1
+        return slot
 
     async def wait_for_slot(self) -> Slot:
         with self.lock:
@@ -120,6 +122,8 @@ class Scheduler:
                 )
             waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
+        if self.take_back_if_free(waiter):
+            return waiter.result()
         try:
             return await waiter  # handed over with its in-flight count already taken
         except asyncio.CancelledError:
@@ -133,6 +137,11 @@ class Scheduler:
 
     def release(self, slot: Slot) -> None:
         """Hand the slot to the longest waiter, on that waiter's own event loop."""
+        if not self.waiters:
+            slot.in_flight -= 1
+            if not self.waiters:
+                return
+            slot.in_flight += 1  # a waiter queued meanwhile: hand it this slot below
         with self.lock:
             while self.waiters:
                 waiter = self.waiters.popleft()
@@ -148,6 +157,19 @@ class Scheduler:
                 except RuntimeError:  # that loop has closed
                     continue
             slot.in_flight -= 1
+
+    def take_back_if_free(self, waiter: asyncio.Future[Slot]) -> bool:
+        """Close the race with a lock-free `release` that saw no waiter just before we queued."""
+        with self.lock:
+            if waiter not in self.waiters:
+                return False
+            slot = self.pick()
+            if slot is None:
+                return False
+            self.waiters.remove(waiter)
+            slot.in_flight += 1
+            waiter.set_result(slot)
+            return True
 
     def hand_over(self, waiter: asyncio.Future[Slot], slot: Slot) -> None:
         if waiter.done():  # cancelled while the slot was on its way
