@@ -123,6 +123,9 @@ class Exchange:
         self.watch: RequestWatch | None = None
 
     async def send(self, message: Message) -> None:
+        if message.get("more_body"):  # a streamed chunk: the common message, pass it on
+            await self.server_send(message)
+            return
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
