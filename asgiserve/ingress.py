@@ -13,8 +13,13 @@ import types
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
+
+from asgiserve.context import get_request_context
+from asgiserve.responses import error_response
 
 INGRESS_ATTR = "__asgiserve_ingress__"
 
@@ -65,7 +70,33 @@ def rebuild_route(route: BaseRoute, endpoint: Callable[..., Any]) -> BaseRoute:
 
 
 def build_app(app: ASGIApp, cls: type, instance: object) -> ASGIApp:
-    """The app one replica serves: class-view routes bound to `instance`, others' dropped."""
+    """The app one replica serves: class views bound, and 500s that name the request id."""
+    return with_json_errors(bind_class_views(app, cls, instance))
+
+
+def with_json_errors(app: ASGIApp) -> ASGIApp:
+    """An unhandled error in an ingress app answers as the router's own 500s do.
+
+    Starlette's default is a plain-text 500 that names nothing; a user's own handler for
+    500 or `Exception` is kept as it is.
+    """
+    handlers = getattr(app, "exception_handlers", None)
+    if not isinstance(handlers, dict) or 500 in handlers or Exception in handlers:
+        return app
+    served: Any = copy.copy(app)
+    served.exception_handlers = {**handlers, Exception: internal_error}
+    served.middleware_stack = None
+    result: ASGIApp = served
+    return result
+
+
+def internal_error(request: Request, exc: Exception) -> Response:
+    request_id = get_request_context().request_id
+    return error_response(500, "Internal Server Error", request_id)
+
+
+def bind_class_views(app: ASGIApp, cls: type, instance: object) -> ASGIApp:
+    """Class-view routes bound to `instance`, other classes' dropped (on a copy)."""
     router = getattr(app, "router", None)
     routes: list[BaseRoute] = list(getattr(router, "routes", []))
     if not has_class_views(routes):

@@ -8,11 +8,14 @@ Synchronous user code runs in a worker thread so one slow call does not stall th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import inspect
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+import anyio.to_thread
+from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,12 +39,28 @@ def is_async(fn: Callable[..., Any]) -> bool:
     )
 
 
+async def run_in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run blocking user code in a worker thread; cancelling waits for it to return.
+
+    A thread cannot be interrupted, so a cancelled call finishes there, its result is
+    dropped, and the replica counts it as running until then (`max_ongoing_requests`).
+    """
+    work = asyncio.ensure_future(anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs)))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        while not work.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(work)
+        raise
+
+
 async def invoke(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call user code: coroutines on the loop, plain functions in a worker thread."""
     if is_async(fn):
         result = await fn(*args, **kwargs)
     else:
-        result = await run_in_threadpool(fn, *args, **kwargs)
+        result = await run_in_thread(fn, *args, **kwargs)
     if inspect.isawaitable(result):
         result = await result
     return result
@@ -63,7 +82,7 @@ class RequestHandler:
         if self.coroutine:
             result = await self.fn(*args)
         else:
-            result = await run_in_threadpool(self.fn, *args)
+            result = await run_in_thread(self.fn, *args)
             if inspect.isawaitable(result):
                 result = await result
         await to_response(result)(scope, receive, send)

@@ -12,7 +12,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +26,11 @@ from asgiserve import registry
 from asgiserve.backends import Backend
 from asgiserve.backends.base import Call
 from asgiserve.config import DEFAULT_MAX_BODY_SIZE
-from asgiserve.exceptions import BackPressureError, DeploymentUnavailableError
+from asgiserve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    RequestTimeoutError,
+)
 from asgiserve.loops import serving_loop
 from asgiserve.responses import error_response
 from asgiserve.watch import RequestWatch
@@ -105,7 +109,15 @@ class BodyTooLarge(Exception):
 class Exchange:
     """One HTTP or WebSocket exchange as the router tracks it."""
 
-    __slots__ = ("request_id", "content_length", "header", "server_send", "status", "watch")
+    __slots__ = (
+        "request_id",
+        "content_length",
+        "header",
+        "server_send",
+        "status",
+        "watch",
+        "dropped",
+    )
 
     def __init__(self, scope: Scope, send: Send) -> None:
         self.request_id = ""
@@ -121,8 +133,13 @@ class Exchange:
         self.server_send = send
         self.status = 0
         self.watch: RequestWatch | None = None
+        self.dropped = False  # the router answered for the handler (timeout): drop its messages
 
     async def send(self, message: Message) -> None:
+        if not self.dropped:
+            await self.deliver(message)
+
+    async def deliver(self, message: Message) -> None:
         if message.get("more_body"):  # a streamed chunk: the common message, pass it on
             await self.server_send(message)
             return
@@ -262,14 +279,11 @@ class Router:
         task = asyncio.current_task(serving_loop())
         assert task is not None
         watch = exchange.watch = RequestWatch(receive, task, self.max_body_size)
-        timeout_s = self.request_timeout_s
-        deadline = None if timeout_s is None else asyncio.timeout(timeout_s)
         try:
-            if deadline is None:
+            if self.request_timeout_s is None:
                 await scheduler.handle(call, watch.receive, exchange.send)
             else:
-                async with deadline:
-                    await scheduler.handle(call, watch.receive, exchange.send)
+                await self.within_deadline(scheduler.handle(call, watch.receive, exchange.send))
         except asyncio.CancelledError:
             if not watch.cancelled_request:
                 raise
@@ -286,11 +300,30 @@ class Router:
                     exc_info=exc,
                 )
             else:
-                timed_out = deadline is not None and deadline.expired()
-                answer = self.error_response(exc, call.request_id, app.name, timed_out)
-                await answer(scope, receive, exchange.send)
+                exchange.dropped = True  # whatever the handler sends from now on
+                answer = self.error_response(exc, call.request_id, app.name)
+                await answer(scope, receive, exchange.deliver)
         finally:
             watch.close()
+
+    async def within_deadline(self, work: Coroutine[Any, Any, None]) -> None:
+        """Await `work` until `request_timeout_s`; then cancel it and answer at once.
+
+        The work unwinds in the background: a handler that swallows the cancellation
+        gets its response dropped, and a synchronous one keeps its replica slot until its
+        thread returns.
+        """
+        task = asyncio.ensure_future(work)
+        try:
+            await asyncio.wait((task,), timeout=self.request_timeout_s)
+        finally:
+            if not task.done():
+                task.cancel()
+        if not task.done():
+            raise RequestTimeoutError(
+                f"no response within request_timeout_s={self.request_timeout_s}"
+            )
+        task.result()
 
     async def fall_through(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Mounted at `/`, let the outer app's routes declared after the mount answer.
@@ -322,12 +355,9 @@ class Router:
         await route.handle(scope, receive, send)
         return True
 
-    def error_response(
-        self, exc: Exception, request_id: str, app_name: str, timed_out: bool = False
-    ) -> ASGIApp:
-        if timed_out:
-            detail = f"no response within request_timeout_s={self.request_timeout_s}"
-            return error_response(504, detail, request_id)
+    def error_response(self, exc: Exception, request_id: str, app_name: str) -> ASGIApp:
+        if isinstance(exc, RequestTimeoutError):
+            return error_response(504, str(exc), request_id)
         if isinstance(exc, BodyTooLarge):
             return error_response(413, str(exc), request_id)
         if isinstance(exc, BackPressureError):

@@ -6,6 +6,8 @@ Backend-agnostic: it sees replicas only through `Replica.handle`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import random
 import threading
 from collections import deque
@@ -19,6 +21,16 @@ from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
 from asgiserve.config import DeploymentConfig
 from asgiserve.exceptions import BackPressureError, DeploymentUnavailableError
 from asgiserve.loops import running_loop
+
+
+def settle(future: concurrent.futures.Future[None], task: asyncio.Task[None]) -> None:
+    """Copy a finished task's outcome into a thread-safe future."""
+    if task.cancelled():
+        future.set_exception(DeploymentUnavailableError("starting the replicas was cancelled"))
+    elif task.exception() is not None:
+        future.set_exception(task.exception())
+    else:
+        future.set_result(None)
 
 
 @dataclass(eq=False)
@@ -48,7 +60,7 @@ class Scheduler:
         # background loop behind synchronous `.result()` calls): queueing is locked; the
         # common path, a free slot and nobody queued, is not, and re-checks after queueing.
         self.lock = threading.Lock()
-        self.starting: asyncio.Future[None] | None = None
+        self.starting: concurrent.futures.Future[None] | None = None
         self.started = False
         self.closed = False
         self.replica_counter = 0
@@ -68,14 +80,24 @@ class Scheduler:
             self.slots.append(Slot(self.backend.start_replica(spec)))
 
     async def ensure_started(self) -> None:
-        """Replicas start on first use (and on the router's lifespan startup), once."""
+        """Replicas start on first use (and on the router's lifespan startup), once.
+
+        Callers on any event loop wait for the one start, so `starting` is a thread-safe
+        future; it is marked running so that no single caller's cancellation cancels it.
+        """
         if self.closed:
             raise DeploymentUnavailableError(
                 f"deployment {self.name!r} of application {self.app_name!r} was deleted"
             )
-        if self.starting is None or (self.starting.done() and self.starting.exception()):
-            self.starting = asyncio.ensure_future(self.start())
-        await asyncio.shield(self.starting)
+        with self.lock:
+            starting = self.starting
+            if starting is None or (starting.done() and starting.exception() is not None):
+                starting = self.starting = concurrent.futures.Future()
+                starting.set_running_or_notify_cancel()
+                asyncio.ensure_future(self.start()).add_done_callback(
+                    functools.partial(settle, starting)
+                )
+        await asyncio.wrap_future(starting)
         self.started = True
 
     async def start(self) -> None:
