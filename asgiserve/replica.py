@@ -201,7 +201,10 @@ class ReplicaRuntime(Replica):
             else:
                 await self.call(call, send)
         finally:
-            context.current.reset(token)
+            # A call torn down by garbage collection after its loop closed ends in another
+            # context, where the token does not apply; there is nothing to restore there.
+            with contextlib.suppress(ValueError):
+                context.current.reset(token)
 
     async def call(self, call: Call, send: Send) -> None:
         if call.kind == "call":
