@@ -26,10 +26,14 @@ def to_jsonable(value: Any) -> Any:
     return jsonable_encoder(value)
 
 
+# Starlette's settings, made once: json.dumps with any option builds a new encoder per call.
+ENCODER = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=to_jsonable
+)
+
+
 def dump_json(value: Any) -> bytes:
-    return json.dumps(
-        value, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=to_jsonable
-    ).encode("utf-8")
+    return ENCODER.encode(value).encode("utf-8")
 
 
 class JSONResponse(StarletteJSONResponse):

@@ -19,38 +19,22 @@ DISCONNECT: Message = {"type": "http.disconnect"}
 
 
 class RequestWatch:
-    __slots__ = (
-        "server_receive",
-        "max_body_size",
-        "body_size",
-        "task",
-        "loop",
-        "pending",
-        "arrived",
-        "watcher",
-        "reading",
-        "wanted",
-        "complete",
-        "disconnected",
-        "cancelled_request",
-        "timer",
-    )
+    # Class-level defaults: a fast request sets only what __init__ sets.
+    pending: deque[Message] | None = None
+    arrived: asyncio.Future[None] | None = None
+    watcher: asyncio.Task[None] | None = None
+    reading = 0  # handler calls now inside the server's receive
+    wanted = False  # the next turn came while the handler was reading
+    complete = False  # the response has been sent in full, or the request is over
+    disconnected = False
+    cancelled_request = False
+    body_size = 0
 
     def __init__(self, receive: Receive, task: asyncio.Task[Any], max_body_size: int) -> None:
         self.server_receive = receive
         self.max_body_size = max_body_size
-        self.body_size = 0
         self.task = task
-        self.loop = task.get_loop()
-        self.pending: deque[Message] = deque()
-        self.arrived: asyncio.Future[None] | None = None
-        self.watcher: asyncio.Task[None] | None = None
-        self.reading = 0  # handler calls now inside the server's receive
-        self.wanted = False  # the next turn came while the handler was reading
-        self.complete = False  # the response has been sent in full, or the request is over
-        self.disconnected = False
-        self.cancelled_request = False
-        self.timer = self.loop.call_soon(self.start)
+        self.timer = task.get_loop().call_soon(self.start)
 
     def start(self) -> None:
         if self.complete or self.watcher is not None or self.disconnected:
@@ -58,11 +42,13 @@ class RequestWatch:
         if self.reading:
             self.wanted = True  # take over when the handler's read returns
             return
-        self.watcher = self.loop.create_task(self.watch())
+        self.pending = deque()
+        self.watcher = self.task.get_loop().create_task(self.watch())
 
     async def watch(self) -> None:
         while not self.disconnected:
             message = await self.server_receive()
+            assert self.pending is not None
             self.pending.append(message)
             if message["type"] == "http.disconnect":
                 self.client_left()
@@ -88,13 +74,15 @@ class RequestWatch:
                 self.wanted = False
                 self.start()
             return self.counted(message)
-        while not self.pending:
+        pending = self.pending
+        assert pending is not None
+        while not pending:
             if self.disconnected:
                 return DISCONNECT
             if self.arrived is None or self.arrived.done():
-                self.arrived = self.loop.create_future()
+                self.arrived = self.task.get_loop().create_future()
             await asyncio.shield(self.arrived)  # several readers may wait on one arrival
-        return self.counted(self.pending.popleft())
+        return self.counted(pending.popleft())
 
     def counted(self, message: Message) -> Message:
         """Bodies sent without a Content-Length are measured as they are read."""
