@@ -136,10 +136,9 @@ class Exchange:
         self.dropped = False  # the router answered for the handler (timeout): drop its messages
 
     async def send(self, message: Message) -> None:
-        if not self.dropped:
-            await self.deliver(message)
-
-    async def deliver(self, message: Message) -> None:
+        """The handler's `send`: adds the request id, notes the status and the end."""
+        if self.dropped:
+            return
         if message.get("more_body"):  # a streamed chunk: the common message, pass it on
             await self.server_send(message)
             return
@@ -147,9 +146,15 @@ class Exchange:
         if kind == "http.response.start":
             self.status = message["status"]
             message["headers"] = [*message.get("headers", ()), self.header]
-        elif kind == "http.response.body" and not message.get("more_body", False):
-            if self.watch is not None:
-                self.watch.response_complete()
+        elif kind == "http.response.body" and self.watch is not None:
+            self.watch.response_complete()
+        await self.server_send(message)
+
+    async def reply(self, message: Message) -> None:
+        """The router's own answers (errors, timeouts), sent even once the handler's are not."""
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            message["headers"] = [*message.get("headers", ()), self.header]
         await self.server_send(message)
 
 
@@ -302,7 +307,7 @@ class Router:
             else:
                 exchange.dropped = True  # whatever the handler sends from now on
                 answer = self.error_response(exc, call.request_id, app.name)
-                await answer(scope, receive, exchange.deliver)
+                await answer(scope, receive, exchange.reply)
         finally:
             watch.close()
 
