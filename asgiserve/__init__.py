@@ -14,6 +14,7 @@ from asgiserve.api import (
 from asgiserve.config import HTTPOptions
 from asgiserve.context import RequestContext, get_request_context
 from asgiserve.deployment import Application, Deployment, deployment
+from asgiserve.drivers import DAGDriver
 from asgiserve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 from asgiserve.ingress import ingress
 from asgiserve.router import Router
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Application",
+    "DAGDriver",
     "Deployment",
     "DeploymentHandle",
     "DeploymentResponse",

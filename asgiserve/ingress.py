@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from asgiserve.context import get_request_context
 from asgiserve.responses import error_response
@@ -39,6 +39,20 @@ def ingress(app: ASGIApp) -> Callable[[T], T]:
 
 def ingress_app(target: Any) -> ASGIApp | None:
     return getattr(target, INGRESS_ATTR, None)
+
+
+class ReplicaApp:
+    """An ingress app each replica builds from its own instance.
+
+    For deployments whose routes depend on constructor arguments (`DAGDriver` builds its
+    routes around the handles it is given), so there is no app object to share up front.
+    """
+
+    def __init__(self, make: Callable[[Any], ASGIApp]) -> None:
+        self.make = make
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("a ReplicaApp is built per replica; it is not served directly")
 
 
 def method_owner(route: BaseRoute) -> str | None:
@@ -71,6 +85,8 @@ def rebuild_route(route: BaseRoute, endpoint: Callable[..., Any]) -> BaseRoute:
 
 def build_app(app: ASGIApp, cls: type, instance: object) -> ASGIApp:
     """The app one replica serves: class views bound, and 500s that name the request id."""
+    if isinstance(app, ReplicaApp):
+        return with_json_errors(app.make(instance))
     return with_json_errors(bind_class_views(app, cls, instance))
 
 
