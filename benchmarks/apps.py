@@ -69,6 +69,16 @@ def asgiserve_inprocess_wide() -> Starlette:
     return Starlette(routes=[Mount("/", asgiserve.router)])
 
 
+def asgiserve_router() -> Any:
+    """asgiserve's router as the server's app, as `uvicorn` would serve it top-level (and as
+    the `asgiserve run` command will): the cost of asgiserve alone, without the Starlette
+    app and `Mount` that users may put in front of it."""
+    import asgiserve
+
+    deploy_noop()
+    return asgiserve.router
+
+
 def fastapi_asgiserve_inprocess() -> FastAPI:
     """asgiserve with the in-process backend, mounted in a FastAPI outer app."""
     import asgiserve
@@ -85,5 +95,6 @@ FACTORIES = {
     "fastapi": "bare_fastapi",
     "asgiserve": "asgiserve_inprocess",
     "asgiserve-wide": "asgiserve_inprocess_wide",
+    "asgiserve-router": "asgiserve_router",
     "fastapi-asgiserve": "fastapi_asgiserve_inprocess",
 }

@@ -46,7 +46,7 @@ BASELINE = "starlette"  # every other app is compared with this one
 # Also compared with its own framework when that is in the run (no target applies).
 PAIRS = {"fastapi-asgiserve": "fastapi"}
 # Apps the targets apply to: asgiserve mounted in Starlette, against bare Starlette.
-TARGETED = ("asgiserve", "asgiserve-wide")
+TARGETED = ("asgiserve", "asgiserve-wide", "asgiserve-router")
 TARGET_THROUGHPUT_RATIO = 0.85  # asgiserve req/s at most connections, vs the baseline
 TARGET_P50_RATIO = 1.25  # asgiserve p50 latency at fewest connections, vs the baseline
 
