@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
@@ -63,9 +63,9 @@ class HTTPOptions:
     keep_alive_timeout_s: float = DEFAULT_KEEP_ALIVE_TIMEOUT_S
     request_timeout_s: float | None = None
     root_path: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # As Serve's variable: the environment wins over the config file and the flags.
         from_env = os.environ.get(KEEP_ALIVE_ENV)
         if from_env:
             self.keep_alive_timeout_s = float(from_env)
