@@ -23,7 +23,7 @@ from asgiserve import context
 from asgiserve.backends.base import ITEM, RESULT, Call, Replica, ReplicaSpec
 from asgiserve.ingress import build_app, ingress_app
 from asgiserve.loops import on_loop
-from asgiserve.responses import JSONResponse, to_response
+from asgiserve.responses import error_response, to_response
 
 
 def takes_arguments(fn: Callable[..., Any]) -> bool:
@@ -102,7 +102,8 @@ class NoHTTP:
             f"deployment {self.name!r} has no __call__ method and no ingress app, so it "
             "answers handle calls only"
         )
-        await JSONResponse({"detail": detail}, status_code=404)(scope, receive, send)
+        response = error_response(404, detail, context.get_request_context().request_id)
+        await response(scope, receive, send)
 
 
 class Lifespan:

@@ -33,7 +33,7 @@ from asgiserve.exceptions import (
 )
 from asgiserve.loops import serving_loop
 from asgiserve.responses import error_response
-from asgiserve.watch import RequestWatch
+from asgiserve.watch import BodyTooLarge, RequestWatch
 
 logger = logging.getLogger("asgiserve")
 # One line per request at INFO: app, deployment, replica, request id, method, route, status, ms.
@@ -99,11 +99,6 @@ process_prefix = ""
 request_counter = itertools.count()
 fresh_prefix()
 os.register_at_fork(after_in_child=fresh_prefix)
-
-
-class BodyTooLarge(Exception):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"request body is larger than the limit of {limit} bytes (max_body_size)")
 
 
 class Exchange:

@@ -18,6 +18,13 @@ from starlette.types import Message, Receive
 DISCONNECT: Message = {"type": "http.disconnect"}
 
 
+class BodyTooLarge(Exception):
+    """Raised while reading a body past `max_body_size`; the router answers 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body is larger than the limit of {limit} bytes (max_body_size)")
+
+
 class RequestWatch:
     # Class-level defaults: a fast request sets only what __init__ sets.
     pending: deque[Message] | None = None
@@ -90,8 +97,6 @@ class RequestWatch:
         if body:
             self.body_size += len(body)
             if self.body_size > self.max_body_size:
-                from asgiserve.router import BodyTooLarge
-
                 raise BodyTooLarge(self.max_body_size)
         return message
 

@@ -271,3 +271,17 @@ async def test_in_memory_asgi_transport(backend: str) -> None:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         assert (await client.get("/m/x")).json()["root_path"] == "/m"
+
+
+def test_deployment_without_call_answers_http_with_404(http: httpx.Client) -> None:
+    @asgiserve.deployment
+    class HandleOnly:
+        def predict(self, x: int) -> int:
+            return x
+
+    handle = asgiserve.run(HandleOnly.bind(), route_prefix="/only-handles")
+    response = http.get("/only-handles")
+    assert response.status_code == 404
+    assert "answers handle calls only" in response.json()["detail"]
+    assert response.json()["request_id"] == response.headers["x-request-id"]
+    assert handle.predict.remote(3).result() == 3
