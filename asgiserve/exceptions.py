@@ -18,9 +18,16 @@ class BackPressureError(AsgiserveError):
 
 
 class ReplicaDiedError(AsgiserveError):
-    """The replica running the request died before answering it."""
+    """The replica running the request died before answering it.
+
+    `sent` is False when the request never reached it, so it can safely go elsewhere.
+    """
 
     status_code = 503
+
+    def __init__(self, message: str = "", *, sent: bool = True) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class DeploymentUnavailableError(AsgiserveError):

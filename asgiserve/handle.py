@@ -19,7 +19,6 @@ from starlette.types import Message
 from asgiserve import registry
 from asgiserve.backends.base import Call
 from asgiserve.loops import background_loop, running_loop
-from asgiserve.scheduler import Scheduler
 
 
 async def never() -> Message:
@@ -53,7 +52,7 @@ class DeploymentHandle:
         self.app_name = app_name
         self.method_name = method_name
         self.stream = stream
-        self.cached: Scheduler | None = None
+        self.cached: registry.Dispatcher | None = None
 
     def __repr__(self) -> str:
         return (
@@ -82,9 +81,9 @@ class DeploymentHandle:
             stream=self.stream if stream is None else stream,
         )
 
-    def scheduler(self) -> Scheduler:
+    def scheduler(self) -> registry.Dispatcher:
         if self.cached is None or self.cached.closed:
-            self.cached = registry.get_scheduler(self.app_name, self.deployment_name)
+            self.cached = registry.get_dispatcher(self.app_name, self.deployment_name)
         return self.cached
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:

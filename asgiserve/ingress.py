@@ -119,6 +119,13 @@ def bind_class_views(app: ASGIApp, cls: type, instance: object) -> ASGIApp:
         return app  # served as it is
     # Routes a base class declared are the subclass's too.
     owners = {klass.__qualname__ for klass in cls.__mro__ if klass is not object}
+    # A class shipped to a worker by value loses its `__qualname__`; its functions keep theirs.
+    owners |= {
+        value.__qualname__.rpartition(".")[0]
+        for klass in cls.__mro__
+        for value in vars(klass).values()
+        if inspect.isfunction(value)
+    }
     served: Any = copy.copy(app)
     served_router = copy.copy(router)
     served_router.routes = serve_routes(routes, owners, instance)  # type: ignore[union-attr]

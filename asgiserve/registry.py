@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+from starlette.types import Receive, Send
 
 from asgiserve.exceptions import DeploymentUnavailableError
 
 if TYPE_CHECKING:
+    from asgiserve.backends.base import Call
     from asgiserve.router import Router
     from asgiserve.scheduler import Scheduler
+
+
+class Dispatcher(Protocol):
+    """Where a handle sends its calls: a `Scheduler`, or inside a worker the way back out."""
+
+    closed: bool
+
+    async def handle(self, call: Call, receive: Receive, send: Send) -> None: ...
 
 
 @dataclass
@@ -23,6 +35,9 @@ class RunningApp:
 
 applications: dict[str, RunningApp] = {}
 
+# Inside a worker process no application runs; handles reach theirs through the server.
+upstream: Callable[[str, str], Dispatcher] | None = None
+
 
 def get_app(name: str) -> RunningApp:
     try:
@@ -32,6 +47,13 @@ def get_app(name: str) -> RunningApp:
         raise DeploymentUnavailableError(
             f"no application named {name!r} is running (running: {running})"
         ) from None
+
+
+def get_dispatcher(app_name: str, deployment_name: str) -> Dispatcher:
+    """What a handle calls: the deployment's scheduler here, or the server seen from a worker."""
+    if upstream is not None and app_name not in applications:
+        return upstream(app_name, deployment_name)
+    return get_scheduler(app_name, deployment_name)
 
 
 def get_scheduler(app_name: str, deployment_name: str) -> Scheduler:

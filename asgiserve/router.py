@@ -29,6 +29,7 @@ from asgiserve.config import DEFAULT_MAX_BODY_SIZE
 from asgiserve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
+    ReplicaDiedError,
     RequestTimeoutError,
 )
 from asgiserve.loops import serving_loop
@@ -364,7 +365,7 @@ class Router:
             response = error_response(503, str(exc), request_id)
             response.headers["retry-after"] = "1"
             return response
-        if isinstance(exc, DeploymentUnavailableError):
+        if isinstance(exc, (DeploymentUnavailableError, ReplicaDiedError)):
             return error_response(503, str(exc), request_id)
         logger.error(
             "request %s to application %r raised", request_id, app_name, exc_info=exc

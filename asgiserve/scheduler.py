@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import logging
 import random
 import threading
 from collections import deque
@@ -19,8 +20,13 @@ from starlette.types import Receive, Send
 
 from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
 from asgiserve.config import DeploymentConfig
-from asgiserve.exceptions import BackPressureError, DeploymentUnavailableError
+from asgiserve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaDiedError
 from asgiserve.loops import running_loop
+
+logger = logging.getLogger("asgiserve")
+
+RESTART_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # after 1, 2, 3 ... deaths in a row
+CALM_AFTER_S = 60.0  # a replica that lived this long resets the back-off
 
 
 def settle(future: concurrent.futures.Future[None], task: asyncio.Task[None]) -> None:
@@ -40,6 +46,8 @@ class Slot:
     replica: Replica
     in_flight: int = 0
     started: bool = False
+    dead: bool = False
+    born: float = 0.0
 
 
 class Scheduler:
@@ -64,6 +72,9 @@ class Scheduler:
         self.started = False
         self.closed = False
         self.replica_counter = 0
+        self.generation = 0  # bumped by `stop`, so a late replacement knows it is not wanted
+        self.deaths = 0
+        self.health: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
 
     @property
     def name(self) -> str:
@@ -103,10 +114,15 @@ class Scheduler:
     async def start(self) -> None:
         if not self.slots:
             await asyncio.to_thread(self.start_replicas)  # after a stop: build them again
+        now = asyncio.get_running_loop().time()
         for slot in self.slots:
             if not slot.started:
                 await slot.replica.start()
                 slot.started = True
+                slot.born = now
+        if self.health is None:
+            loop = asyncio.get_running_loop()
+            self.health = (loop, loop.create_task(self.check_health()))
 
     def pick(self) -> Slot | None:
         """Power of two choices on in-flight counts; None when every replica is full."""
@@ -114,6 +130,8 @@ class Scheduler:
         limit = self.config.max_ongoing_requests
         if len(slots) == 1:
             best = slots[0]
+        elif not slots:
+            return None  # every replica died; replacements are starting
         else:
             first, second = random.sample(slots, 2)
             best = first if first.in_flight <= second.in_flight else second
@@ -159,11 +177,15 @@ class Scheduler:
 
     def release(self, slot: Slot) -> None:
         """Hand the slot to the longest waiter, on that waiter's own event loop."""
-        if not self.waiters:
+        if not self.waiters or slot.dead:
             slot.in_flight -= 1
-            if not self.waiters:
+            if not self.waiters or slot.dead:
                 return
             slot.in_flight += 1  # a waiter queued meanwhile: hand it this slot below
+        self.hand_to_waiter(slot)
+
+    def hand_to_waiter(self, slot: Slot) -> None:
+        """Give one unit of `slot`'s capacity, already counted in `in_flight`, to a waiter."""
         with self.lock:
             while self.waiters:
                 waiter = self.waiters.popleft()
@@ -202,18 +224,89 @@ class Scheduler:
     async def handle(self, call: Call, receive: Receive, send: Send) -> None:
         if not self.started:
             await self.ensure_started()
-        slot = self.take() or await self.wait_for_slot()
-        call.replica_id = slot.replica.replica_id
-        try:
-            await slot.replica.handle(call, receive, send)
-        finally:
-            self.release(slot)
+        while True:
+            slot = self.take() or await self.wait_for_slot()
+            call.replica_id = slot.replica.replica_id
+            try:
+                await slot.replica.handle(call, receive, send)
+                return
+            except ReplicaDiedError as exc:
+                self.lost(slot, exc)
+                if exc.sent:
+                    raise  # it may have run: only the caller can decide to try again
+            finally:
+                self.release(slot)
+
+    # -- failure -----------------------------------------------------------------------
+
+    def lost(self, slot: Slot, reason: BaseException) -> None:
+        """Take a dead or unhealthy replica out of rotation and start its replacement."""
+        if slot.dead or self.closed:
+            return
+        slot.dead = True
+        with self.lock:
+            self.slots = [other for other in self.slots if other is not slot]
+        logger.warning(
+            "replica %s of %r is lost (%s); starting a replacement",
+            slot.replica.replica_id, self.name, reason,
+        )  # fmt: skip
+        asyncio.ensure_future(self.replace(slot))
+
+    async def replace(self, old: Slot) -> None:
+        loop = asyncio.get_running_loop()
+        generation = self.generation
+        self.deaths = 1 if loop.time() - old.born > CALM_AFTER_S else self.deaths + 1
+        delay = RESTART_BACKOFF_S[min(self.deaths, len(RESTART_BACKOFF_S)) - 1]
+        stopping = asyncio.ensure_future(old.replica.stop(self.config.graceful_shutdown_timeout_s))
+        while generation == self.generation:
+            await asyncio.sleep(delay)
+            try:
+                replica = await asyncio.to_thread(
+                    self.backend.start_replica, self.make_spec(self.next_replica_id())
+                )
+                await replica.start()
+            except Exception:
+                delay = min(max(delay * 2, RESTART_BACKOFF_S[1]), RESTART_BACKOFF_S[-1])
+                logger.exception("restarting a replica of %r failed; retrying in %.1fs",
+                                 self.name, delay)  # fmt: skip
+                continue
+            if generation != self.generation:  # stopped meanwhile
+                await replica.stop(0)
+                break
+            slot = Slot(replica, started=True, born=loop.time())
+            with self.lock:
+                self.slots = [*self.slots, slot]
+            while self.waiters and slot.in_flight < self.config.max_ongoing_requests:
+                slot.in_flight += 1
+                self.hand_to_waiter(slot)
+            break
+        await stopping
+
+    async def check_health(self) -> None:
+        """Every `health_check_period_s`, replace replicas whose check fails or hangs."""
+        period = self.config.health_check_period_s
+        timeout = self.config.health_check_timeout_s
+        while True:
+            await asyncio.sleep(period)
+            for slot in list(self.slots):
+                try:
+                    await asyncio.wait_for(slot.replica.check_health(), timeout)
+                except Exception as exc:
+                    if isinstance(exc, asyncio.TimeoutError):
+                        exc = TimeoutError(f"check_health took over {timeout}s")
+                    self.lost(slot, exc)
 
     async def stop(self) -> None:
         """Stop the replicas; a later call starts new ones."""
         slots, self.slots = self.slots, []
         self.started = False
         self.starting = None
+        self.generation += 1
+        if self.health is not None:
+            loop, task = self.health
+            self.health = None
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():

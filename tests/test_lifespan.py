@@ -107,7 +107,9 @@ def test_replicas_restart_on_use_after_a_lifespan_shutdown(backend: str, tmp_pat
         pass
     with serve(app, lifespan="off") as server, server.client() as client:
         assert client.get("/svc").json() == "up"
-    # The second server's loop ended without lifespan events: the replica still shut down.
+    # The second server's loop ended without lifespan events: the replica still shuts down
+    # (in-process at once, with the loop it lived on; a worker process at `shutdown()`).
+    asgiserve.shutdown()
     assert lines(log) == ["startup", "shutdown", "startup", "shutdown"]
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -40,22 +41,21 @@ async def test_replicas_share_the_load_and_respect_max_ongoing(backend: str) -> 
 
 
 def test_sync_handlers_do_not_stall_the_loop(http: httpx.Client) -> None:
-    release = threading.Event()
-
     @asgiserve.deployment(max_ongoing_requests=4)
     class Mixed:
         def __call__(self, request):  # type: ignore[no-untyped-def]
             if request.query_params.get("slow"):
-                # Blocks its worker thread until the fast request has been answered.
-                return {"released": release.wait(timeout=20)}
+                time.sleep(2)  # blocks its worker thread, not the replica's event loop
+                return {"slow": True}
             return {"fast": True}
 
     asgiserve.run(Mixed.bind())
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(http.get, "/?slow=1")
+        time.sleep(0.3)  # the slow call is running by now
         assert http.get("/").json() == {"fast": True}
-        release.set()
-        assert slow.result(timeout=20).json() == {"released": True}
+        assert not slow.done()  # answered while the slow call still holds its thread
+        assert slow.result(timeout=20).json() == {"slow": True}
 
 
 @asgiserve.deployment(max_ongoing_requests=1, max_queued_requests=1)

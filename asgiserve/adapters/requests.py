@@ -17,8 +17,9 @@ class JSONValue(RootModel[Any]):
 JSONBody = Annotated[JSONValue, WrapValidator(unparsed), UnreadJSONBody()]
 
 
-def starlette_request(request: Request) -> Request:
-    """Returns the raw request object."""
+async def starlette_request(request: Request) -> Request:
+    """Returns the raw request object, its body read so it can travel to any replica."""
+    await request.body()
     return request
 
 

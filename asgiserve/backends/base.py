@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 RESULT = "asgiserve.result"
 ITEM = "asgiserve.item"
 
-CallKind = Literal["asgi", "call", "stream"]
+CallKind = Literal["asgi", "call", "stream", "control"]  # control: a backend's own calls
 
 
 @dataclass(slots=True)

@@ -1,0 +1,452 @@
+"""One private connection between the server process and a worker, carrying many calls.
+
+Both ends are the same `Channel`: either side may start a call (the server calls the
+replica; a replica's handles call other deployments through the server). A call is the
+ASGI exchange `handle(call, receive, send)` stretched over the connection, one stream id
+per call:
+
+    CALL    caller -> callee   the call, with the first `receive()` message already in it
+    SEND    callee -> caller   messages for the caller's `send` (start + body travel together)
+    PULL    callee -> caller   the callee awaits `receive()`; RECV carries the answer
+    END     callee -> caller   finished: trailing messages and the error, if any
+    CANCEL  caller -> callee   cancel the callee's task; it still answers END
+
+So a small request is one CALL frame and its response one SEND frame. Frames are a 4-byte
+length, a pickle (protocol 5) and its large buffers out of band, read straight into their
+own memory so a numpy array is not copied again on arrival.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import itertools
+import pickle
+import socket
+import struct
+import threading
+import traceback
+from collections import ChainMap, deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import cloudpickle
+from starlette.datastructures import State
+from starlette.requests import Request
+from starlette.types import Message, Receive, Scope, Send
+
+from asgiserve.backends.base import RESULT, Call
+from asgiserve.exceptions import ReplicaDiedError, RequestCancelledError
+
+CALL, SEND, PULL, RECV, END, CANCEL = range(6)
+FAILED = 6  # not on the wire: our own `receive` failed while answering a PULL
+
+LENGTH = struct.Struct("!I")
+COUNT = struct.Struct("!H")
+SIZE = struct.Struct("!Q")
+OUT_OF_BAND = 64 * 1024  # buffers at least this large travel beside the pickle, not in it
+READ_BUFFER = 256 * 1024
+
+# What of an ASGI scope crosses to a worker: the spec's keys, not the server's objects.
+WIRE_KEYS = (
+    "type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string",
+    "root_path", "headers", "client", "server", "subprotocols", "path_params",
+)  # fmt: skip
+
+Target = tuple[str, str] | None  # (application, deployment) for calls into the server
+Serve = Callable[[Target, Call, Receive, Send], Awaitable[None]]
+
+
+def wire_scope(scope: Scope) -> Scope:
+    return {key: scope[key] for key in WIRE_KEYS if key in scope}
+
+
+def reduce_request(request: Request) -> tuple[Any, tuple[Scope, bytes]]:
+    """A request passed to a handle crosses as its scope and its body, read beforehand."""
+    body = getattr(request, "_body", None)  # where Starlette keeps a body once read
+    if body is None:
+        raise TypeError(
+            "a starlette Request can be passed to another process only once its body is "
+            "read: `await request.body()` first"
+        )
+    return (request_from, (wire_scope(request.scope), body))
+
+
+def request_from(scope: Scope, body: bytes) -> Request:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    request = Request(scope, receive)
+    request._body = body
+    return request
+
+
+class Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
+    """cloudpickle, plus what apps and requests shipped to a worker hold.
+
+    Starlette's `State` (every app's `app.state`) cannot unpickle itself, and FastAPI keeps
+    locks in included routers; a lock arrives as a new one (its state means nothing there).
+    """
+
+    dispatch_table = ChainMap(
+        {
+            Request: reduce_request,
+            State: lambda state: (State, (dict(state._state),)),
+            type(threading.Lock()): lambda lock: (threading.Lock, ()),
+            type(threading.RLock()): lambda lock: (threading.RLock, ()),
+        },
+        cloudpickle.CloudPickler.dispatch_table,
+    )
+
+
+def dumps(value: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
+    file = io.BytesIO()
+    Pickler(file, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return file.getvalue()
+
+
+def encode(frame: Any) -> list[bytes | memoryview]:
+    """A frame as the pieces to write: header and pickle, then each out-of-band buffer."""
+    buffers: list[memoryview] = []
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        raw = buffer.raw()
+        if raw.nbytes < OUT_OF_BAND:
+            return True  # in band
+        buffers.append(raw)
+        return False
+
+    data = dumps(frame, out_of_band)
+    sizes = [buffer.nbytes for buffer in buffers]
+    head = struct.pack(f"!IH{len(sizes)}Q", 2 + 8 * len(sizes) + len(data) + sum(sizes),
+                       len(sizes), *sizes)
+    if not buffers:
+        return [head + data]
+    return [head, data, *buffers]
+
+
+def decode(body: memoryview, owned: bool) -> Any:
+    """The frame in `body`; out-of-band buffers are copied unless `body` is ours to keep."""
+    (count,) = COUNT.unpack_from(body)
+    sizes = struct.unpack_from(f"!{count}Q", body, 2)
+    end = len(body) - sum(sizes)
+    buffers = []
+    offset = end
+    for size in sizes:
+        piece = body[offset : offset + size]
+        buffers.append(piece if owned else bytearray(piece))
+        offset += size
+    return pickle.loads(body[2 + 8 * count : end], buffers=buffers)
+
+
+def write_frame(sock: socket.socket, frame: Any) -> None:
+    """Blocking write, for the start-up handshake before the event loop owns the socket."""
+    for piece in encode(frame):
+        sock.sendall(piece)
+
+
+def read_frame(sock: socket.socket) -> Any:
+    """Blocking read of exactly one frame, for the start-up handshake."""
+    (length,) = LENGTH.unpack(read_exactly(sock, LENGTH.size))
+    return decode(memoryview(read_exactly(sock, length)), owned=True)
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytearray:
+    data = bytearray(size)
+    view = memoryview(data)
+    got = 0
+    while got < size:
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise ConnectionError("the other end closed the connection")
+        got += n
+    return data
+
+
+def remote_error(exc: BaseException, where: str) -> BaseException:
+    """The exception to send back, carrying its traceback as text (tracebacks don't pickle)."""
+    text = "".join(traceback.format_exception(exc))
+    exc.add_note(f"\n-- traceback in {where} --\n{text}")
+    try:
+        pickle.loads(dumps(exc))
+        return exc
+    except Exception:  # an exception that cannot travel: send its text instead
+        return RuntimeError(f"{type(exc).__name__}: {exc}\n\n{text}")
+
+
+class Outgoing:
+    """A call this side made: messages from the callee wait here for the caller's task."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.inbox: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        self.pulls: list[asyncio.Task[None]] = []
+
+
+class Incoming:
+    """A call the other side made: its task, and the `receive()` answers it waits for."""
+
+    def __init__(self, first: Message | None) -> None:
+        self.ready: deque[Message] = deque([first] if first is not None else [])
+        self.pulls: deque[asyncio.Future[Message]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.cancelled = False
+
+
+class Channel(asyncio.BufferedProtocol):
+    """Calls both ways over one connection; `serve` runs the calls the other side makes.
+
+    The connection lives on one event loop. Callers on other loops (a handle's synchronous
+    caller on the background loop) get their messages handed over thread-safely.
+    """
+
+    def __init__(self, serve: Serve, name: str, first_id: int) -> None:
+        self.serve = serve
+        self.name = name
+        self.ids = itertools.count(first_id, 2)  # the two ends use odd and even ids
+        self.outgoing: dict[int, Outgoing] = {}
+        self.incoming: dict[int, Incoming] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.transport: asyncio.Transport | None = None
+        self.closed: BaseException | None = None
+        self.outbox: list[bytes | memoryview] = []
+        self.lost = asyncio.Event()
+        # reading
+        self.buffer = bytearray(READ_BUFFER)
+        self.view = memoryview(self.buffer)
+        self.start = self.end = 0
+        self.big: bytearray | None = None
+        self.big_filled = 0
+
+    async def connect(self, sock: socket.socket) -> None:
+        """Serve the connection on the running loop."""
+        self.loop = asyncio.get_running_loop()
+        self.lost = asyncio.Event()
+        await self.loop.create_unix_connection(lambda: self, sock=sock)
+
+    # -- writing ---------------------------------------------------------------------
+
+    def write(self, frame: Any) -> None:
+        """Queue a frame; frames queued in one loop turn leave in one write."""
+        if self.closed is not None:
+            return
+        pieces = encode(frame)
+        if not self.outbox:
+            assert self.loop is not None
+            self.loop.call_soon(self.flush)
+        self.outbox.extend(pieces)
+
+    def flush(self) -> None:
+        if self.transport is None:
+            return  # still connecting: `connection_made` sends them
+        pieces, self.outbox = self.outbox, []
+        if self.closed is not None:
+            return
+        if len(pieces) == 1:
+            self.transport.write(pieces[0])
+        elif all(len(piece) < OUT_OF_BAND for piece in pieces):
+            self.transport.write(b"".join(pieces))
+        else:
+            for piece in pieces:  # large buffers go as they are, not joined into a copy
+                self.transport.write(piece)
+
+    def write_from(self, loop: asyncio.AbstractEventLoop, frame: Any) -> None:
+        """`write` from a caller on any loop."""
+        if loop is self.loop:
+            self.write(frame)
+        else:
+            assert self.loop is not None
+            self.loop.call_soon_threadsafe(self.write, frame)
+
+    # -- calls this side makes -------------------------------------------------------
+
+    async def call(self, target: Target, call: Call, receive: Receive, send: Send) -> None:
+        """Run `call` on the other side; raises what it raised, `ReplicaDiedError` if it died."""
+        if self.closed is not None:
+            raise ReplicaDiedError(f"{self.name} is gone: {self.closed}", sent=False)
+        loop = asyncio.get_running_loop()
+        first = await receive() if call.kind == "asgi" else None
+        stream_id = next(self.ids)
+        stream = Outgoing(loop)
+        self.outgoing[stream_id] = stream
+        self.write_from(loop, (stream_id, CALL, (target, call, first)))
+        ended = False
+        try:
+            while True:
+                op, payload = await stream.inbox.get()
+                if op == SEND:
+                    for message in payload:
+                        await send(message)
+                elif op == PULL:
+                    stream.pulls.append(loop.create_task(self.answer(stream, stream_id, receive)))
+                elif op == FAILED:
+                    raise payload
+                else:
+                    ended = True
+                    messages, error = payload
+                    for message in messages:
+                        await send(message)
+                    if error is not None:
+                        raise error
+                    return
+        except BaseException:
+            if not ended:  # cancelled, or our `send` failed: stop the callee, wait for its END
+                self.write_from(loop, (stream_id, CANCEL, None))
+                await self.drain(stream)
+            raise
+        finally:
+            del self.outgoing[stream_id]
+            for task in stream.pulls:
+                task.cancel()
+
+    async def drain(self, stream: Outgoing) -> None:
+        """Wait for END, dropping what comes before it, however often we are cancelled."""
+        while True:
+            get = asyncio.ensure_future(stream.inbox.get())
+            while not get.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(get)
+            if get.result()[0] == END:
+                return
+
+    async def answer(self, stream: Outgoing, stream_id: int, receive: Receive) -> None:
+        try:
+            message = await receive()
+        except Exception as exc:  # a body past max_body_size: the caller's call fails with it
+            stream.inbox.put_nowait((FAILED, exc))
+            return
+        self.write_from(stream.loop, (stream_id, RECV, message))
+
+    # -- calls the other side makes --------------------------------------------------
+
+    def start_incoming(self, stream_id: int, target: Target, call: Call, first: Message) -> None:
+        stream = Incoming(first)
+        self.incoming[stream_id] = stream
+        assert self.loop is not None
+        stream.task = self.loop.create_task(self.run_incoming(stream_id, stream, target, call))
+
+    async def run_incoming(
+        self, stream_id: int, stream: Incoming, target: Target, call: Call
+    ) -> None:
+        held: list[Message] = []  # a response start waits for its first body chunk
+
+        async def receive() -> Message:
+            if stream.ready:
+                return stream.ready.popleft()
+            assert self.loop is not None
+            pull = self.loop.create_future()
+            stream.pulls.append(pull)
+            self.write((stream_id, PULL, None))
+            return await pull
+
+        async def send(message: Message) -> None:
+            kind = message["type"]
+            if kind == "http.response.start" or kind == RESULT:
+                held.append(message)  # RESULT is always last: it rides on END
+                return
+            if held:
+                self.write((stream_id, SEND, [*held, message]))
+                held.clear()
+            else:
+                self.write((stream_id, SEND, [message]))
+
+        error: BaseException | None = None
+        try:
+            await self.serve(target, call, receive, send)
+        except asyncio.CancelledError:
+            if not stream.cancelled:
+                raise  # the channel itself is closing
+            error = RequestCancelledError(f"call {call.request_id} was cancelled")
+        except Exception as exc:
+            error = remote_error(exc, self.name)
+        finally:
+            self.incoming.pop(stream_id, None)
+        self.write((stream_id, END, (held, error)))
+
+    # -- reading ---------------------------------------------------------------------
+
+    def dispatch(self, frame: tuple[int, int, Any]) -> None:
+        stream_id, op, payload = frame
+        if op == CALL:
+            self.start_incoming(stream_id, *payload)
+        elif op == RECV or op == CANCEL:
+            incoming = self.incoming.get(stream_id)
+            if incoming is None:
+                return
+            if op == CANCEL:
+                incoming.cancelled = True
+                assert incoming.task is not None
+                incoming.task.cancel()
+                return
+            while incoming.pulls:
+                pull = incoming.pulls.popleft()
+                if not pull.done():
+                    pull.set_result(payload)
+                    return
+            incoming.ready.append(payload)  # its reader gave up; the next `receive` gets it
+        else:
+            outgoing = self.outgoing.get(stream_id)
+            if outgoing is None:
+                return
+            if outgoing.loop is self.loop:
+                outgoing.inbox.put_nowait((op, payload))
+            else:
+                with contextlib.suppress(RuntimeError):  # the caller's loop has closed
+                    outgoing.loop.call_soon_threadsafe(outgoing.inbox.put_nowait, (op, payload))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.big is not None:
+            return memoryview(self.big)[self.big_filled :]
+        if self.end == len(self.buffer):  # move the unread part to the front
+            unread = self.end - self.start
+            self.buffer[:unread] = self.buffer[self.start : self.end]
+            self.start, self.end = 0, unread
+        return self.view[self.end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.big is not None:
+            self.big_filled += nbytes
+            if self.big_filled == len(self.big):
+                body, self.big = self.big, None
+                self.dispatch(decode(memoryview(body), owned=True))
+            return
+        self.end += nbytes
+        while self.end - self.start >= LENGTH.size:
+            (length,) = LENGTH.unpack_from(self.buffer, self.start)
+            available = self.end - self.start - LENGTH.size
+            body_start = self.start + LENGTH.size
+            if available >= length:
+                self.start = body_start + length
+                self.dispatch(decode(self.view[body_start : self.start], owned=False))
+            elif length > len(self.buffer) // 2:  # a large frame: read it into its own memory
+                self.big = bytearray(length)
+                self.big[:available] = self.view[body_start : self.end]
+                self.big_filled = available
+                self.start = self.end = 0
+                return
+            else:
+                break
+        if self.start == self.end:
+            self.start = self.end = 0
+
+    # -- connection ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment] # uvloop's are not subclasses
+        if self.outbox:
+            self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = exc or ConnectionError("connection closed")
+        died = ReplicaDiedError(f"{self.name} died while running this call")
+        for stream_id in list(self.outgoing):
+            self.dispatch((stream_id, END, ([], died)))
+        for incoming in list(self.incoming.values()):
+            if incoming.task is not None:
+                incoming.task.cancel()
+        self.lost.set()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()

@@ -1,0 +1,213 @@
+"""Replicas in worker processes on this machine, over one private socket each.
+
+Workers are fresh interpreters (`python -m asgiserve.worker`, the equivalent of
+multiprocessing's spawn), so servers with threads or CUDA are safe to start them. The
+only way in is an inherited socket pair: no port, no file another user could open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import inspect
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+import uuid
+from typing import IO, Any
+
+import cloudpickle
+from starlette.types import Message, Receive, Send
+
+from asgiserve import registry
+from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
+from asgiserve.backends.channel import (
+    Channel,
+    Target,
+    dumps,
+    read_frame,
+    wire_scope,
+    write_frame,
+)
+from asgiserve.exceptions import ReplicaDiedError
+
+EXIT_WAIT_S = 5.0
+
+
+def installed(module_file: str) -> bool:
+    paths = sysconfig.get_paths()
+    return module_file.startswith((paths["purelib"], paths["platlib"], paths["stdlib"]))
+
+
+def resolve_annotations(target: Any) -> None:
+    """Turn a class's string annotations into the objects they name, before shipping it.
+
+    A function shipped by value takes only the globals its code uses, so names used only in
+    annotations (`request: Request` under `from __future__ import annotations`) would be
+    missing in the worker, where FastAPI reads the signatures of class-based views again.
+    """
+    for klass in getattr(target, "__mro__", ())[:-1]:
+        for value in vars(klass).values():
+            annotations = getattr(value, "__annotations__", None)
+            if inspect.isfunction(value) and any(isinstance(a, str) for a in annotations or {}):
+                with contextlib.suppress(Exception):  # unresolvable: FastAPI will say so
+                    value.__annotations__ = inspect.get_annotations(value, eval_str=True)
+
+
+def pickle_spec(spec: ReplicaSpec) -> bytes:
+    """The spec by value where it matters, so a worker never re-runs the user's module.
+
+    `__main__` and closures are pickled by value anyway; the module defining the deployment
+    is too (its top level may call `asgiserve.run()` or build the server's app). Modules it
+    imports are imported by name in the worker, which shares this process's `sys.path`.
+    """
+    spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, backend=None))
+    resolve_annotations(spec.target)
+    module = sys.modules.get(getattr(spec.target, "__module__", "") or "")
+    module_file = getattr(module, "__file__", None)
+    by_value = module is not None and module_file is not None and not installed(module_file)
+    if by_value and module.__name__ != "__main__":
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            return dumps(spec)
+        finally:
+            cloudpickle.unregister_pickle_by_value(module)
+    return dumps(spec)
+
+
+def forward_output(stream: IO[bytes], prefix: str) -> None:
+    """Replica output (print, logging) goes to our stderr, each line marked with its replica."""
+    for line in iter(stream.readline, b""):
+        sys.stderr.write(prefix + line.decode(errors="replace"))
+        sys.stderr.flush()
+    stream.close()
+
+
+async def never() -> Message:
+    await asyncio.get_running_loop().create_future()
+    raise AssertionError("unreachable")
+
+
+async def discard(message: Message) -> None:
+    pass
+
+
+async def serve_upstream(target: Target, call: Call, receive: Receive, send: Send) -> None:
+    """A handle call made inside a worker, dispatched here to its deployment (any backend)."""
+    if target is None:
+        raise RuntimeError("a worker sent a call without naming its deployment")
+    await registry.get_scheduler(*target).handle(call, receive, send)
+
+
+class SubprocessReplica(Replica):
+    """One worker process. Blocks in `__init__` until the user's constructor has run."""
+
+    def __init__(self, spec: ReplicaSpec) -> None:
+        self.spec = spec
+        self.replica_id = spec.replica_id
+        payload = (list(sys.path), pickle_spec(spec))  # before any process: this may fail
+        ours, theirs = socket.socketpair()
+        self.sock = ours
+        self.ids = itertools.count(1, 2)
+        self.channel: Channel | None = None
+        self.bind_lock = threading.Lock()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "asgiserve.worker", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        theirs.close()
+        self.name = f"replica {self.replica_id} (pid {self.process.pid})"
+        assert self.process.stdout is not None
+        threading.Thread(
+            target=forward_output,
+            args=(self.process.stdout, f"({spec.deployment_name} {self.name}) "),
+            name=f"asgiserve-output-{self.process.pid}",
+            daemon=True,
+        ).start()
+        try:
+            write_frame(ours, payload)
+            _, _, (_, error) = read_frame(ours)
+        except ConnectionError:
+            code = self.process.wait()
+            error = ReplicaDiedError(f"{self.name} exited with code {code} while starting")
+        if error is not None:
+            self.kill()
+            raise error
+
+    def connected(self) -> Channel | None:
+        channel = self.channel
+        if channel is not None and channel.loop is not None and channel.loop.is_running():
+            return channel
+        return None
+
+    async def channel_here(self) -> Channel:
+        """The connection, on the running loop unless a live loop already serves it."""
+        with self.bind_lock:
+            channel = self.connected()
+            if channel is not None:
+                return channel
+            channel = self.channel = Channel(serve_upstream, self.name, 1)
+            channel.ids = self.ids  # ids stay unique across the loops that serve us
+        # A loop that served us has ended: the new one reads through a duplicate socket.
+        await channel.connect(self.sock.dup())
+        return channel
+
+    async def handle(self, call: Call, receive: Receive, send: Send) -> None:
+        channel = self.connected() or await self.channel_here()
+        if call.kind == "asgi":
+            assert call.scope is not None
+            call = dataclasses.replace(call, scope=wire_scope(call.scope))
+        await channel.call(None, call, receive, send)
+
+    async def control(self, method: str, *args: Any) -> None:
+        channel = self.connected() or await self.channel_here()
+        call = Call(uuid.uuid4().hex, "control", method, args)
+        await channel.call(None, call, never, discard)
+
+    async def start(self) -> None:
+        await self.control("start")
+
+    async def check_health(self) -> None:
+        code = self.process.poll()
+        if code is not None:
+            raise ReplicaDiedError(f"{self.name} exited with code {code}")
+        await self.control("check_health")
+
+    async def stop(self, timeout_s: float) -> None:
+        """Drain in-flight calls for up to `timeout_s`, then the worker exits (or is killed)."""
+        if self.process.poll() is None:
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(self.control("stop", timeout_s), timeout_s + EXIT_WAIT_S)
+        await asyncio.to_thread(self.kill, EXIT_WAIT_S)
+
+    def kill(self, grace_s: float = 0) -> None:
+        """Wait up to `grace_s` for the worker to exit, then kill it; release the socket."""
+        try:
+            self.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        channel = self.channel
+        if channel is not None and channel.loop is not None and not channel.loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                channel.loop.call_soon_threadsafe(channel.close)
+        self.sock.close()
+
+
+class SubprocessBackend(Backend):
+    """Each replica a worker process: off the server's event loop and GIL, crash-isolated."""
+
+    name = "subprocess"
+
+    def start_replica(self, spec: ReplicaSpec) -> Replica:
+        return SubprocessReplica(spec)
+

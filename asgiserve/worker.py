@@ -1,0 +1,134 @@
+"""A worker process of the subprocess backend: one replica, served over an inherited socket.
+
+Started as `python -m asgiserve.worker FD` by `SubprocessBackend`, it reads its
+`ReplicaSpec` from the socket, builds the `ReplicaRuntime` and answers READY (or the
+constructor's error), then serves calls until told to stop or until the server goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pickle
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from starlette.types import Receive, Send
+
+from asgiserve import registry
+from asgiserve.backends.base import Call
+from asgiserve.backends.channel import END, Channel, Target, read_frame, remote_error, write_frame
+from asgiserve.config import BACKEND_ENV
+from asgiserve.replica import ReplicaRuntime
+
+PARENT_POLL_S = 0.5
+
+
+class Upstream:
+    """A handle's calls from inside this worker, sent to the server process to dispatch."""
+
+    closed = False
+
+    def __init__(self, channel: Channel, app_name: str, deployment_name: str) -> None:
+        self.channel = channel
+        self.target = (app_name, deployment_name)
+
+    async def handle(self, call: Call, receive: Receive, send: Send) -> None:
+        await self.channel.call(self.target, call, receive, send)
+
+
+class Worker:
+    """Serves the replica's calls and the backend's control calls (start, health, stop)."""
+
+    def __init__(self, runtime: ReplicaRuntime) -> None:
+        self.runtime = runtime
+        self.calls: set[asyncio.Task[Any]] = set()
+        self.stopped = asyncio.Event()
+
+    async def serve(self, target: Target, call: Call, receive: Receive, send: Send) -> None:
+        if call.kind == "control":
+            await getattr(self, call.method)(*call.args)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self.calls.add(task)
+        try:
+            await self.runtime.handle(call, receive, send)
+        finally:
+            self.calls.discard(task)
+
+    async def start(self) -> None:
+        await self.runtime.start()
+
+    async def check_health(self) -> None:
+        await self.runtime.check_health()
+
+    async def stop(self, timeout_s: float) -> None:
+        """Let in-flight calls finish within `timeout_s`, cancel the rest, shut the app down."""
+        if self.calls:
+            _, late = await asyncio.wait(self.calls, timeout=timeout_s)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1)
+        try:
+            await self.runtime.stop(timeout_s)
+        finally:
+            asyncio.get_running_loop().call_soon(self.stopped.set)  # after our END is queued
+
+
+def watch_parent(parent: int) -> None:
+    """Exit when the server process is gone, even if user code holds the event loop."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os._exit(1)
+
+
+async def serve(sock: socket.socket, spec_data: bytes) -> None:
+    try:
+        spec = pickle.loads(spec_data)
+        runtime = await asyncio.to_thread(ReplicaRuntime, spec)
+    except BaseException as exc:
+        write_frame(sock, (0, END, ([], remote_error(exc, "the replica's constructor"))))
+        return
+    worker = Worker(runtime)
+    channel = Channel(worker.serve, f"replica {spec.replica_id} (pid {os.getpid()})", 2)
+    registry.upstream = lambda app, deployment: Upstream(channel, app, deployment)
+    write_frame(sock, (0, END, ([], None)))  # ready
+    await channel.connect(sock)
+    stopped = asyncio.ensure_future(worker.stopped.wait())
+    lost = asyncio.ensure_future(channel.lost.wait())
+    await asyncio.wait((stopped, lost), return_when=asyncio.FIRST_COMPLETED)
+    if not lost.done():
+        channel.flush()
+        channel.close()  # after the write buffer empties
+        await asyncio.wait((lost,), timeout=5)
+
+
+def main() -> None:
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    os.environ.pop(BACKEND_ENV, None)  # this process's own deployments, if any, stay in it
+    threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
+    try:
+        path, spec_data = read_frame(sock)
+    except ConnectionError:
+        return  # the server gave up on us before sending our spec
+    sys.path[:] = path
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(levelname)s %(asctime)s %(name)s %(filename)s:%(lineno)d - %(message)s",
+    )
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(sock, spec_data))
+    else:
+        uvloop.run(serve(sock, spec_data))
+
+
+if __name__ == "__main__":
+    main()
