@@ -30,6 +30,7 @@ from asgiserve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
     ReplicaDiedError,
+    RequestCancelledError,
     RequestTimeoutError,
 )
 from asgiserve.loops import serving_loop
@@ -365,7 +366,7 @@ class Router:
             response = error_response(503, str(exc), request_id)
             response.headers["retry-after"] = "1"
             return response
-        if isinstance(exc, (DeploymentUnavailableError, ReplicaDiedError)):
+        if isinstance(exc, (DeploymentUnavailableError, ReplicaDiedError, RequestCancelledError)):
             return error_response(503, str(exc), request_id)
         logger.error(
             "request %s to application %r raised", request_id, app_name, exc_info=exc

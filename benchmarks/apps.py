@@ -45,11 +45,12 @@ class Noop:
         return HELLO
 
 
-def deploy_noop(**options: Any) -> None:
+def deploy_noop(backend: str = "inprocess", **options: Any) -> None:
     """Deploy `Noop` at `/` on the default router, the way users do."""
     import asgiserve
 
-    asgiserve.run(asgiserve.deployment(Noop).options(**options).bind(), route_prefix="/")
+    deployment = asgiserve.deployment(Noop).options(**options)
+    asgiserve.run(deployment.bind(), route_prefix="/", backend=backend)
 
 
 def asgiserve_inprocess() -> Starlette:
@@ -89,6 +90,14 @@ def fastapi_asgiserve_inprocess() -> FastAPI:
     return app
 
 
+def asgiserve_subprocess() -> Starlette:
+    """asgiserve with one worker process (the subprocess backend), default options."""
+    import asgiserve
+
+    deploy_noop(backend="subprocess")
+    return Starlette(routes=[Mount("/", asgiserve.router)])
+
+
 # name on the command line -> factory in this module
 FACTORIES = {
     "starlette": "bare_starlette",
@@ -97,4 +106,5 @@ FACTORIES = {
     "asgiserve-wide": "asgiserve_inprocess_wide",
     "asgiserve-router": "asgiserve_router",
     "fastapi-asgiserve": "fastapi_asgiserve_inprocess",
+    "asgiserve-subprocess": "asgiserve_subprocess",
 }

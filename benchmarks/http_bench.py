@@ -6,6 +6,10 @@ asgiserve, ...); for each, the script waits until the server answers, warms it u
 it with wrk at each connection count, and stops it. The report is the median per app over
 the rounds.
 
+The competitors (`ray-serve`, `litserve`) run the same way, each as its own server with its
+framework's default settings, from a separate venv (benchmarks/competitors/setup.sh) that
+this script only starts processes from: it never imports them.
+
     python benchmarks/http_bench.py --rounds 3 --duration 8 --json bench.json
 """
 
@@ -29,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,10 +45,33 @@ from apps import FACTORIES, HELLO  # noqa: E402 - needs the path set above
 
 HOST = "127.0.0.1"  # loopback only, never any other address
 LUA_SCRIPT = HERE / "wrk_report.lua"
+POST_LUA_SCRIPT = HERE / "wrk_post.lua"  # POSTs `{}`, then reports as LUA_SCRIPT does
 WRK_MARKER = "WRK_JSON "
 BASELINE = "starlette"  # every other app is compared with this one
 # Also compared with its own framework when that is in the run (no target applies).
-PAIRS = {"fastapi-asgiserve": "fastapi"}
+PAIRS = {"fastapi-asgiserve": "fastapi", "asgiserve-subprocess": "ray-serve"}
+STOP_TIMEOUT = 15.0  # seconds a uvicorn server gets to stop after SIGINT
+
+
+@dataclass(frozen=True)
+class Competitor:
+    """Another serving framework, run as its own server from the competitors venv."""
+
+    label: str  # for the report: "x Ray Serve"
+    script: str  # in benchmarks/competitors/: `<venv python> script --port N`
+    module: str  # importable in the competitors venv when it is set up
+    path: str = "/"  # where the framework serves by default
+    post: bool = False  # POST `{}` as JSON (LitServe's default endpoint) instead of GET
+    startup_timeout: float = 120.0  # Ray starts a whole local cluster before it answers
+    stop_timeout: float = 60.0  # Ray shuts Serve and the cluster down before it exits
+
+
+COMPETITORS_DIR = HERE / "competitors"
+DEFAULT_COMPETITORS_VENV = Path("/tmp/asgiserve-competitors-venv")
+COMPETITORS = {
+    "ray-serve": Competitor("Ray Serve", "ray_serve_app.py", "ray"),
+    "litserve": Competitor("LitServe", "litserve_app.py", "litserve", "/predict", post=True),
+}
 # Apps the targets apply to: asgiserve mounted in Starlette, against bare Starlette.
 TARGETED = ("asgiserve", "asgiserve-wide", "asgiserve-router")
 TARGET_THROUGHPUT_RATIO = 0.85  # asgiserve req/s at most connections, vs the baseline
@@ -133,11 +160,63 @@ def uvicorn_settings() -> list[str]:
     return ["--loop", loop, "--http", http, "--log-level", "warning", "--no-access-log"]
 
 
+def competitors_venv() -> Path:
+    """The competitors' venv: $COMPETITORS_VENV, or where setup.sh puts it by default."""
+    return Path(os.environ.get("COMPETITORS_VENV") or DEFAULT_COMPETITORS_VENV)
+
+
+def competitors_python() -> Path:
+    return competitors_venv() / "bin" / "python"
+
+
+def competitor_missing(app: str) -> str | None:
+    """Why `app` cannot run here (its venv or its package is missing), or None."""
+    python = competitors_python()
+    if not python.exists():
+        return f"{python} not found"
+    module = COMPETITORS[app].module
+    probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
+    if subprocess.run([str(python), "-c", probe], capture_output=True).returncode != 0:
+        return f"{module} is not installed in {competitors_venv()}"
+    return None
+
+
+def runnable(options: Options, out: TextIO) -> Options:
+    """`options` without the competitors whose venv is not set up, with a note for each:
+    they are optional, so a missing one is skipped, not an error."""
+    apps = []
+    for app in options.apps:
+        reason = competitor_missing(app) if app in COMPETITORS else None
+        if reason is None:
+            apps.append(app)
+        else:
+            print(
+                f"skipping {app}: {reason}; run benchmarks/competitors/setup.sh"
+                " (set COMPETITORS_VENV for a venv elsewhere)",
+                file=out,
+            )
+    return replace(options, apps=apps)
+
+
 def server_command(app: str, port: int) -> list[str]:
+    if app in COMPETITORS:
+        script = COMPETITORS_DIR / COMPETITORS[app].script
+        return [str(competitors_python()), str(script), "--port", str(port)]
     return [
         sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "--factory",
         f"apps:{FACTORIES[app]}", "--host", HOST, "--port", str(port), *uvicorn_settings(),
     ]  # fmt: skip
+
+
+def endpoint(app: str) -> tuple[str, bool]:
+    """The path to load and whether to POST: `GET /` but where a competitor differs."""
+    competitor = COMPETITORS.get(app)
+    return (competitor.path, competitor.post) if competitor else ("/", False)
+
+
+def startup_timeout(app: str, options: Options) -> float:
+    competitor = COMPETITORS.get(app)
+    return max(options.startup_timeout, competitor.startup_timeout if competitor else 0.0)
 
 
 def pin(pid: int, cpu: int) -> None:
@@ -146,76 +225,146 @@ def pin(pid: int, cpu: int) -> None:
         os.sched_setaffinity(pid, {cpu})
 
 
-def answers(url: str) -> bool:
+def answers(url: str, post: bool = False) -> bool:
+    data = b"{}" if post else None
+    headers = {"Content-Type": "application/json"} if post else {}
+    request = urllib.request.Request(url, data=data, headers=headers)
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(request, timeout=2) as response:
             body = json.loads(response.read())
             return response.status == 200 and bool(body == HELLO)
     except (OSError, ValueError):
         return False
 
 
-def wait_until_answering(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+def wait_until_answering(
+    url: str, process: subprocess.Popen[bytes], timeout: float, post: bool = False
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with code {process.returncode} before answering")
-        if answers(url):
+        if answers(url, post):
             return
         time.sleep(0.05)
     raise RuntimeError(f"server did not answer {url} with {HELLO} within {timeout} s")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes], timeout: float = STOP_TIMEOUT) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown, lifespan included
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
 
 
+def stat_fields(pid: int) -> list[str] | None:
+    """/proc/PID/stat after the command name (state first), or None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def session_members(session: int) -> list[int]:
+    """The live processes in `session`: a server and everything it started (Ray's raylet,
+    workers and actors, LitServe's workers), whatever process group they moved to."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        fields = stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None and int(fields[3]) == session and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def kill_in_session(pid: int, session: int) -> None:
+    """SIGKILL `pid` through a pidfd, only if it is still in `session` (no reused pid)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return  # already gone
+    try:
+        fields = stat_fields(pid)
+        if fields is not None and int(fields[3]) == session:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def end_session(session: int, app: str, timeout: float = 10.0) -> None:
+    """Kill what a stopped server left behind, so nothing of it skews the next app."""
+    deadline = time.monotonic() + timeout
+    left = session_members(session)
+    if left:
+        print(f"{app}: killing {len(left)} leftover processes {left}", file=sys.stderr)
+    while left and time.monotonic() < deadline:
+        for pid in left:
+            kill_in_session(pid, session)
+        time.sleep(0.1)
+        left = session_members(session)
+    if left:
+        print(f"{app}: processes {left} survived SIGKILL", file=sys.stderr)
+
+
 @dataclass(frozen=True)
 class Server:
     url: str
-    pid: int
+    pid: int  # also the id of the session that holds the server's processes
+    post: bool = False
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process `pid`, all its threads, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(session: int) -> float:
+    """User plus system CPU time of the processes in `session`, all their threads, from
+    /proc: the server process alone for uvicorn, every process of Ray or LitServe."""
+    total = 0
+    for pid in session_members(session):
+        fields = stat_fields(pid)
+        if fields is not None:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 @contextlib.contextmanager
 def server(app: str, options: Options) -> Iterator[Server]:
-    """Run `app` in a uvicorn subprocess; yields it once it answers."""
+    """Run `app` in a subprocess, in a session of its own so that all it starts can be
+    found and stopped; yields it once it answers."""
     port = free_port()
-    url = f"http://{HOST}:{port}/"
+    path, post = endpoint(app)
+    url = f"http://{HOST}:{port}{path}"
+    grace = COMPETITORS[app].stop_timeout if app in COMPETITORS else STOP_TIMEOUT
     with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(server_command(app, port), stdout=log, stderr=log, cwd=ROOT)
+        process = subprocess.Popen(
+            server_command(app, port), stdout=log, stderr=log, cwd=ROOT, start_new_session=True
+        )
         if options.pin:
             pin(process.pid, 0)
         try:
-            wait_until_answering(url, process, options.startup_timeout)
-            yield Server(url, process.pid)
+            wait_until_answering(url, process, startup_timeout(app, options), post)
+            yield Server(url, process.pid, post)
         except BaseException:
-            stop(process)
+            stop(process, grace)
             log.seek(0)
             sys.stderr.write(log.read().decode(errors="replace"))
             raise
         finally:
-            stop(process)
+            stop(process, grace)
+            end_session(process.pid, app)
 
 
 # -- wrk ------------------------------------------------------------------------------
 
 
-def wrk_command(url: str, connections: int, duration: int, pinned: bool) -> list[str]:
+def wrk_command(
+    url: str, connections: int, duration: int, pinned: bool, post: bool = False
+) -> list[str]:
+    script = POST_LUA_SCRIPT if post else LUA_SCRIPT
     command = [
         "wrk", "-t", "1", "-c", str(connections), "-d", f"{duration}s", "--latency",
-        "-s", str(LUA_SCRIPT), url,
+        "-s", str(script), url,
     ]  # fmt: skip
     if pinned and (os.cpu_count() or 1) > 1 and shutil.which("taskset"):
         command = ["taskset", "-c", "1", *command]
@@ -229,10 +378,11 @@ def parse_wrk(output: str) -> dict[str, Any]:
     raise RuntimeError(f"no {WRK_MARKER.strip()} line in wrk's output:\n{output}")
 
 
-def run_wrk(url: str, connections: int, duration: int, pinned: bool) -> dict[str, Any]:
-    command = wrk_command(url, connections, duration, pinned)
+def run_wrk(target: Server, connections: int, duration: int, pinned: bool) -> dict[str, Any]:
+    command = wrk_command(target.url, connections, duration, pinned, target.post)
+    env = {**os.environ, "WRK_REPORT_LUA": str(LUA_SCRIPT)}  # wrk_post.lua loads it
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=duration + 30, check=True
+        command, capture_output=True, text=True, timeout=duration + 30, check=True, env=env
     )
     return parse_wrk(done.stdout)
 
@@ -241,9 +391,9 @@ def measure(
     app: str, target: Server, connections: int, round_: int, options: Options
 ) -> Measurement:
     if options.warmup > 0:
-        run_wrk(target.url, connections, options.warmup, options.pin)
+        run_wrk(target, connections, options.warmup, options.pin)
     cpu_before = cpu_seconds(target.pid)
-    report = run_wrk(target.url, connections, options.duration, options.pin)
+    report = run_wrk(target, connections, options.duration, options.pin)
     cpu = cpu_seconds(target.pid) - cpu_before
     latency = report["latency_us"]
     seconds = report["duration_us"] / 1e6
@@ -396,9 +546,11 @@ def ratio_line(r: Ratio) -> str:
     throughput_target = f"; target >= {TARGET_THROUGHPUT_RATIO}" if aim else ""
     p50_target = f"; target <= {TARGET_P50_RATIO}" if aim else ""
     verdict = ("meets targets" if r.meets_targets else "MISSES targets") if aim else "reference"
+    competitor = COMPETITORS.get(r.baseline)
+    times = f" x {competitor.label}" if competitor else ""  # "12.3 x Ray Serve"
     return (
         f"{r.app} / {r.baseline}: "
-        f"throughput at {r.throughput_connections} conns {r.throughput:.3f} "
+        f"throughput at {r.throughput_connections} conns {r.throughput:.3f}{times} "
         f"(paired {r.throughput_paired:.3f}{throughput_target}), "
         f"p50 at {r.p50_connections} conn {r.p50:.3f} (paired {r.p50_paired:.3f}{p50_target}), "
         f"server CPU/req at {r.throughput_connections} conns {r.server_cpu:.3f}: {verdict}"
@@ -430,10 +582,27 @@ def source_revision() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.returncode else "")
 
 
-def environment() -> dict[str, Any]:
+def competitor_versions() -> dict[str, str | None]:
+    """Package versions in the competitors venv, asked of its python (never imported here)."""
+    names = ("ray", "litserve", "uvicorn", "fastapi", "starlette", "uvloop", "httptools")
+    probe = (
+        "import importlib.metadata as m, json, sys\n"
+        "def v(n):\n"
+        "    try: return m.version(n)\n"
+        "    except m.PackageNotFoundError: return None\n"
+        "print(json.dumps({n: v(n) for n in sys.argv[1:]}))"
+    )
+    done = subprocess.run(
+        [str(competitors_python()), "-c", probe, *names], capture_output=True, text=True
+    )
+    versions: dict[str, str | None] = json.loads(done.stdout) if done.returncode == 0 else {}
+    return versions
+
+
+def environment(apps: Sequence[str] = ()) -> dict[str, Any]:
     wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
     packages = ("asgiserve", "starlette", "fastapi", "uvicorn", "uvloop", "httptools")
-    return {
+    env: dict[str, Any] = {
         "revision": source_revision(),
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -443,6 +612,9 @@ def environment() -> dict[str, Any]:
         "uvicorn_settings": uvicorn_settings(),
         "packages": {name: version_of(name) for name in packages},
     }
+    if any(app in COMPETITORS for app in apps):
+        env["competitors"] = {"venv": str(competitors_venv()), "packages": competitor_versions()}
+    return env
 
 
 def write_json(
@@ -471,11 +643,15 @@ def comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def known_apps() -> list[str]:
+    return [*FACTORIES, *COMPETITORS]
+
+
 def parse_args(argv: Sequence[str] | None) -> Options:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--apps", default="starlette,asgiserve",
-        help=f"comma-separated, in run order; any of {', '.join(FACTORIES)}",
+        help=f"comma-separated, in run order; any of {', '.join(known_apps())}",
     )  # fmt: skip
     parser.add_argument("--connections", default="1,64", help="comma-separated wrk -c values")
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
@@ -487,9 +663,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
     apps = comma_list(args.apps)
-    unknown = [app for app in apps if app not in FACTORIES]
+    unknown = [app for app in apps if app not in known_apps()]
     if unknown:
-        parser.error(f"unknown apps {unknown}; choose from {list(FACTORIES)}")
+        parser.error(f"unknown apps {unknown}; choose from {known_apps()}")
     if args.duration < 1 or args.rounds < 1 or args.warmup < 0:
         parser.error("--duration and --rounds must be at least 1, --warmup at least 0")
     return Options(
@@ -505,17 +681,28 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     )
 
 
+def competitors_line(apps: Sequence[str], competitors: dict[str, Any]) -> str:
+    """Which competitors run, from where, on which versions: their servers are their own."""
+    names = ", ".join(app for app in apps if app in COMPETITORS)
+    packages = competitors["packages"]
+    versions = ", ".join(f"{n} {packages.get(n)}" for n in ("ray", "litserve", "uvicorn"))
+    return f"{names}: their own servers, default settings, from {competitors['venv']} ({versions})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install -y wrk)", file=sys.stderr)
         return 2
-    env = environment()
+    options = runnable(options, sys.stdout)
+    env = environment(options.apps)
     settings = " ".join(env["uvicorn_settings"])
     print(
         f"asgiserve {env['revision']}; uvicorn {settings}, one worker, on {HOST}; "
         f"{options.rounds} rounds x {options.duration} s (+{options.warmup} s warm-up)"
     )
+    if "competitors" in env:
+        print(competitors_line(options.apps, env["competitors"]))
     measurements = run_all(options, sys.stdout)
     rows = summarise(measurements, options)
     found = ratios(rows, measurements, options)

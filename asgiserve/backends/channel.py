@@ -100,7 +100,10 @@ class Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
     )
 
 
-def dumps(value: Any, buffer_callback: Callable[[pickle.PickleBuffer], bool] | None = None) -> bytes:
+BufferCallback = Callable[[pickle.PickleBuffer], bool]
+
+
+def dumps(value: Any, buffer_callback: BufferCallback | None = None) -> bytes:
     file = io.BytesIO()
     Pickler(file, protocol=5, buffer_callback=buffer_callback).dump(value)
     return file.getvalue()
@@ -335,7 +338,7 @@ class Channel(asyncio.BufferedProtocol):
             if stream.ready:
                 return stream.ready.popleft()
             assert self.loop is not None
-            pull = self.loop.create_future()
+            pull: asyncio.Future[Message] = self.loop.create_future()
             stream.pulls.append(pull)
             self.write((stream_id, PULL, None))
             return await pull

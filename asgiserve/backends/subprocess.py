@@ -68,16 +68,23 @@ def pickle_spec(spec: ReplicaSpec) -> bytes:
     """
     spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, backend=None))
     resolve_annotations(spec.target)
-    module = sys.modules.get(getattr(spec.target, "__module__", "") or "")
+    name = getattr(spec.target, "__module__", None) or "__main__"
+    module = sys.modules.get(name)
     module_file = getattr(module, "__file__", None)
-    by_value = module is not None and module_file is not None and not installed(module_file)
-    if by_value and module.__name__ != "__main__":
-        cloudpickle.register_pickle_by_value(module)
-        try:
-            return dumps(spec)
-        finally:
-            cloudpickle.unregister_pickle_by_value(module)
-    return dumps(spec)
+    by_value = (
+        module is not None
+        and module_file is not None
+        and name != "__main__"  # cloudpickle ships that by value anyway
+        and name.partition(".")[0] != "asgiserve"  # ours (DAGDriver): imported by name
+        and not installed(module_file)
+    )
+    if not by_value:
+        return dumps(spec)
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        return dumps(spec)
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
 
 
 def forward_output(stream: IO[bytes], prefix: str) -> None:
