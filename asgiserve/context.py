@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,3 +38,20 @@ def get_request_context() -> RequestContext:
     return RequestContext(
         call.request_id, spec.app_name, spec.deployment_name, spec.replica_id, call.route
     )
+
+
+def new_request_id() -> str:
+    """32 hex digits: a random prefix per process and a counter (cheaper than uuid4)."""
+    return f"{process_prefix}{next(request_counter):016x}"
+
+
+def fresh_prefix() -> None:
+    global process_prefix, request_counter
+    process_prefix = os.urandom(8).hex()
+    request_counter = itertools.count()
+
+
+process_prefix = ""
+request_counter = itertools.count()
+fresh_prefix()
+os.register_at_fork(after_in_child=fresh_prefix)

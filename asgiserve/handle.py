@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import queue
-import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -18,6 +17,7 @@ from starlette.types import Message
 
 from asgiserve import registry
 from asgiserve.backends.base import Call
+from asgiserve.context import new_request_id
 from asgiserve.loops import background_loop, running_loop
 
 
@@ -93,7 +93,7 @@ class DeploymentHandle:
         return DeploymentResponse(self.call(args, kwargs))
 
     def new_call(self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        return Call(uuid.uuid4().hex, kind, self.method_name, args, kwargs)  # type: ignore[arg-type]
+        return Call(new_request_id(), kind, self.method_name, args, kwargs)  # type: ignore[arg-type]
 
     async def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         args, kwargs = await resolve_arguments(args, kwargs)

@@ -7,9 +7,7 @@ hands the ASGI exchange to that application's ingress scheduler.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -26,6 +24,7 @@ from asgiserve import registry
 from asgiserve.backends import Backend
 from asgiserve.backends.base import Call
 from asgiserve.config import DEFAULT_MAX_BODY_SIZE
+from asgiserve.context import new_request_id
 from asgiserve.exceptions import (
     BackPressureError,
     DeploymentUnavailableError,
@@ -86,21 +85,6 @@ def normalise_prefix(prefix: str) -> str:
     return prefix.rstrip("/") or "/"
 
 
-def new_request_id() -> str:
-    """32 hex digits: a random prefix per process and a counter (cheaper than uuid4)."""
-    return f"{process_prefix}{next(request_counter):016x}"
-
-
-def fresh_prefix() -> None:
-    global process_prefix, request_counter
-    process_prefix = os.urandom(8).hex()
-    request_counter = itertools.count()
-
-
-process_prefix = ""
-request_counter = itertools.count()
-fresh_prefix()
-os.register_at_fork(after_in_child=fresh_prefix)
 
 
 class Exchange:

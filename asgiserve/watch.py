@@ -1,10 +1,10 @@
 """Noticing that an HTTP client has gone, so its request can be cancelled.
 
 A server's `receive` must have one reader. The handler reads the body through
-`RequestWatch.receive`; if the request is still running on the loop's next turn, a watcher
+`RequestWatch.receive`; if the request is still running after `WATCH_AFTER_S`, a watcher
 task takes over reading the server's `receive` (queueing what the handler has not read
 yet) and cancels the request's task on `http.disconnect`. A fast request is over before
-that turn comes and never pays for the task.
+then and never pays for the task; a client that leaves is noticed within a few ms.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 from starlette.types import Message, Receive
 
 DISCONNECT: Message = {"type": "http.disconnect"}
+WATCH_AFTER_S = 0.002  # a request to a worker process takes ~0.2 ms: most never need a watcher
 
 
 class BodyTooLarge(Exception):
@@ -31,7 +32,7 @@ class RequestWatch:
     arrived: asyncio.Future[None] | None = None
     watcher: asyncio.Task[None] | None = None
     reading = 0  # handler calls now inside the server's receive
-    wanted = False  # the next turn came while the handler was reading
+    wanted = False  # the watch was due while the handler was reading
     complete = False  # the response has been sent in full, or the request is over
     disconnected = False
     cancelled_request = False
@@ -41,7 +42,7 @@ class RequestWatch:
         self.server_receive = receive
         self.max_body_size = max_body_size
         self.task = task
-        self.timer = task.get_loop().call_soon(self.start)
+        self.timer = task.get_loop().call_later(WATCH_AFTER_S, self.start)
 
     def start(self) -> None:
         if self.complete or self.watcher is not None or self.disconnected:
@@ -53,6 +54,15 @@ class RequestWatch:
         self.watcher = self.task.get_loop().create_task(self.watch())
 
     async def watch(self) -> None:
+        try:
+            await self.read_until_disconnect()
+        except asyncio.CancelledError:
+            # `close` cancels us; ending quietly leaves no exception, traceback and frames
+            # in a reference cycle for the garbage collector (a third of a busy server's
+            # time once every request has a watcher).
+            return
+
+    async def read_until_disconnect(self) -> None:
         while not self.disconnected:
             message = await self.server_receive()
             assert self.pending is not None

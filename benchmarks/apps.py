@@ -98,6 +98,15 @@ def asgiserve_subprocess() -> Starlette:
     return Starlette(routes=[Mount("/", asgiserve.router)])
 
 
+def asgiserve_subprocess_wide() -> Starlette:
+    """As `asgiserve_subprocess`, with `max_ongoing_requests=100`: every connection's
+    request in the worker at once, instead of 5 and a queue in the server."""
+    import asgiserve
+
+    deploy_noop(backend="subprocess", max_ongoing_requests=100)
+    return Starlette(routes=[Mount("/", asgiserve.router)])
+
+
 # name on the command line -> factory in this module
 FACTORIES = {
     "starlette": "bare_starlette",
@@ -107,4 +116,5 @@ FACTORIES = {
     "asgiserve-router": "asgiserve_router",
     "fastapi-asgiserve": "fastapi_asgiserve_inprocess",
     "asgiserve-subprocess": "asgiserve_subprocess",
+    "asgiserve-subprocess-wide": "asgiserve_subprocess_wide",
 }

@@ -428,7 +428,7 @@ def run_all(options: Options, out: TextIO) -> list[Measurement]:
 def progress_line(m: Measurement) -> str:
     errors = sum(m.errors.values())
     return (
-        f"round {m.round}  {m.app:<18} c={m.connections:<4} {m.requests_per_s:>9.0f} req/s"
+        f"round {m.round}  {m.app:<20} c={m.connections:<4} {m.requests_per_s:>9.0f} req/s"
         f"  p50 {m.p50_ms:7.3f} ms  p99 {m.p99_ms:7.3f} ms"
         f"  server {m.server_cpu_us_per_request:5.1f} us CPU/req ({m.server_cpu_percent:3.0f}%)"
         f"  load {m.load_average:.2f}" + (f"  ERRORS {m.errors}" if errors else "")
@@ -527,14 +527,14 @@ def targeted(r: Ratio) -> bool:
 
 def table(rows: Sequence[Summary]) -> str:
     header = (
-        f"{'app':<18} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
+        f"{'app':<20} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}"
         f" {'req/s min-max':>17} {'CPU us/req':>10} {'errors':>6}"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
         spread = f"{r.requests_per_s_min:.0f}-{r.requests_per_s_max:.0f}"
         lines.append(
-            f"{r.app:<18} {r.connections:>5} {r.requests_per_s:>9.0f} {r.p50_ms:>8.3f}"
+            f"{r.app:<20} {r.connections:>5} {r.requests_per_s:>9.0f} {r.p50_ms:>8.3f}"
             f" {r.p99_ms:>8.3f} {spread:>17} {r.server_cpu_us_per_request:>10.1f} {r.errors:>6}"
         )
     return "\n".join(lines)

@@ -27,7 +27,7 @@ import socket
 import struct
 import threading
 import traceback
-from collections import ChainMap, deque
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,8 +36,9 @@ from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
-from asgiserve.backends.base import RESULT, Call
+from asgiserve.backends.base import ITEM, RESULT, Call
 from asgiserve.exceptions import ReplicaDiedError, RequestCancelledError
+from asgiserve.loops import serving_loop
 
 CALL, SEND, PULL, RECV, END, CANCEL = range(6)
 FAILED = 6  # not on the wire: our own `receive` failed while answering a PULL
@@ -89,15 +90,15 @@ class Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
     locks in included routers; a lock arrives as a new one (its state means nothing there).
     """
 
-    dispatch_table = ChainMap(
-        {
-            Request: reduce_request,
-            State: lambda state: (State, (dict(state._state),)),
-            type(threading.Lock()): lambda lock: (threading.Lock, ()),
-            type(threading.RLock()): lambda lock: (threading.RLock, ()),
-        },
-        cloudpickle.CloudPickler.dispatch_table,
-    )
+    # One flat dict: the C pickler looks types up in it directly (a ChainMap costs a
+    # Python call and a KeyError for every object that is not a builtin).
+    dispatch_table = {
+        **cloudpickle.CloudPickler.dispatch_table,
+        Request: reduce_request,
+        State: lambda state: (State, (dict(state._state),)),
+        type(threading.Lock()): lambda lock: (threading.Lock, ()),
+        type(threading.RLock()): lambda lock: (threading.RLock, ()),
+    }
 
 
 BufferCallback = Callable[[pickle.PickleBuffer], bool]
@@ -109,7 +110,24 @@ def dumps(value: Any, buffer_callback: BufferCallback | None = None) -> bytes:
     return file.getvalue()
 
 
-def encode(frame: Any) -> list[bytes | memoryview]:
+def plain(frame: tuple[int, int, Any]) -> bool:
+    """ASGI traffic holds only builtins by the spec: the C pickler's speed will do.
+
+    User values (call arguments, results, stream items, errors) go through cloudpickle,
+    which ships `__main__` classes and closures by value.
+    """
+    _, op, payload = frame
+    if op == CALL:
+        return bool(payload[1][1] == "asgi")  # the call's kind
+    if op == SEND:
+        return not any(message["type"] == ITEM for message in payload)
+    if op == END:
+        messages, error = payload
+        return error is None and not any(message["type"] == RESULT for message in messages)
+    return True
+
+
+def encode(frame: Any, fast: bool = False) -> list[bytes | memoryview]:
     """A frame as the pieces to write: header and pickle, then each out-of-band buffer."""
     buffers: list[memoryview] = []
 
@@ -120,7 +138,10 @@ def encode(frame: Any) -> list[bytes | memoryview]:
         buffers.append(raw)
         return False
 
-    data = dumps(frame, out_of_band)
+    if fast:
+        data = pickle.dumps(frame, 5, buffer_callback=out_of_band)
+    else:
+        data = dumps(frame, out_of_band)
     sizes = [buffer.nbytes for buffer in buffers]
     head = struct.pack(f"!IH{len(sizes)}Q", 2 + 8 * len(sizes) + len(data) + sum(sizes),
                        len(sizes), *sizes)
@@ -183,8 +204,21 @@ class Outgoing:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.inbox: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+        self.frames: deque[tuple[int, Any]] = deque()
+        self.waiter: asyncio.Future[None] | None = None
         self.pulls: list[asyncio.Task[None]] = []
+
+    def put(self, frame: tuple[int, Any]) -> None:
+        """On the caller's loop."""
+        self.frames.append(frame)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def get(self) -> tuple[int, Any]:
+        while not self.frames:
+            self.waiter = self.loop.create_future()
+            await self.waiter
+        return self.frames.popleft()
 
 
 class Incoming:
@@ -234,7 +268,7 @@ class Channel(asyncio.BufferedProtocol):
         """Queue a frame; frames queued in one loop turn leave in one write."""
         if self.closed is not None:
             return
-        pieces = encode(frame)
+        pieces = encode(frame, plain(frame))
         if not self.outbox:
             assert self.loop is not None
             self.loop.call_soon(self.flush)
@@ -268,16 +302,18 @@ class Channel(asyncio.BufferedProtocol):
         """Run `call` on the other side; raises what it raised, `ReplicaDiedError` if it died."""
         if self.closed is not None:
             raise ReplicaDiedError(f"{self.name} is gone: {self.closed}", sent=False)
-        loop = asyncio.get_running_loop()
+        loop = serving_loop()
         first = await receive() if call.kind == "asgi" else None
         stream_id = next(self.ids)
         stream = Outgoing(loop)
         self.outgoing[stream_id] = stream
-        self.write_from(loop, (stream_id, CALL, (target, call, first)))
+        fields = (call.request_id, call.kind, call.method, call.args, call.kwargs, call.scope,
+                  call.route, call.replica_id)  # fmt: skip
+        self.write_from(loop, (stream_id, CALL, (target, fields, first)))
         ended = False
         try:
             while True:
-                op, payload = await stream.inbox.get()
+                op, payload = await stream.get()
                 if op == SEND:
                     for message in payload:
                         await send(message)
@@ -306,7 +342,7 @@ class Channel(asyncio.BufferedProtocol):
     async def drain(self, stream: Outgoing) -> None:
         """Wait for END, dropping what comes before it, however often we are cancelled."""
         while True:
-            get = asyncio.ensure_future(stream.inbox.get())
+            get = asyncio.ensure_future(stream.get())
             while not get.done():
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(get)
@@ -317,13 +353,16 @@ class Channel(asyncio.BufferedProtocol):
         try:
             message = await receive()
         except Exception as exc:  # a body past max_body_size: the caller's call fails with it
-            stream.inbox.put_nowait((FAILED, exc))
+            stream.put((FAILED, exc))
             return
         self.write_from(stream.loop, (stream_id, RECV, message))
 
     # -- calls the other side makes --------------------------------------------------
 
-    def start_incoming(self, stream_id: int, target: Target, call: Call, first: Message) -> None:
+    def start_incoming(
+        self, stream_id: int, target: Target, fields: tuple[Any, ...], first: Message
+    ) -> None:
+        call = Call(*fields)  # a tuple on the wire: no class for the pickler to look up
         stream = Incoming(first)
         self.incoming[stream_id] = stream
         assert self.loop is not None
@@ -393,10 +432,10 @@ class Channel(asyncio.BufferedProtocol):
             if outgoing is None:
                 return
             if outgoing.loop is self.loop:
-                outgoing.inbox.put_nowait((op, payload))
+                outgoing.put((op, payload))
             else:
                 with contextlib.suppress(RuntimeError):  # the caller's loop has closed
-                    outgoing.loop.call_soon_threadsafe(outgoing.inbox.put_nowait, (op, payload))
+                    outgoing.loop.call_soon_threadsafe(outgoing.put, (op, payload))
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if self.big is not None:

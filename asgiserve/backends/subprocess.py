@@ -18,7 +18,6 @@ import subprocess
 import sys
 import sysconfig
 import threading
-import uuid
 from typing import IO, Any
 
 import cloudpickle
@@ -34,6 +33,7 @@ from asgiserve.backends.channel import (
     wire_scope,
     write_frame,
 )
+from asgiserve.context import new_request_id
 from asgiserve.exceptions import ReplicaDiedError
 
 EXIT_WAIT_S = 5.0
@@ -177,7 +177,7 @@ class SubprocessReplica(Replica):
 
     async def control(self, method: str, *args: Any) -> None:
         channel = self.connected() or await self.channel_here()
-        call = Call(uuid.uuid4().hex, "control", method, args)
+        call = Call(new_request_id(), "control", method, args)
         await channel.call(None, call, never, discard)
 
     async def start(self) -> None:
