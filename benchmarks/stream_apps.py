@@ -65,4 +65,15 @@ def asgiserve_inprocess() -> Starlette:
     return Starlette(routes=[Mount("/", asgiserve.router)])
 
 
-FACTORIES = {"starlette": "bare_starlette", "asgiserve": "asgiserve_inprocess"}
+def asgiserve_subprocess() -> Starlette:
+    import asgiserve
+
+    asgiserve.run(asgiserve.deployment(Streamer).bind(), route_prefix="/", backend="subprocess")
+    return Starlette(routes=[Mount("/", asgiserve.router)])
+
+
+FACTORIES = {
+    "starlette": "bare_starlette",
+    "asgiserve": "asgiserve_inprocess",
+    "asgiserve-subprocess": "asgiserve_subprocess",
+}

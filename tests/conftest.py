@@ -16,7 +16,7 @@ from fastapi import FastAPI
 import asgiserve
 from tests.servers import SERVERS, LiveServer, serve
 
-BACKENDS = os.environ.get("ASGISERVE_TEST_BACKENDS", "inprocess").split(",")
+BACKENDS = os.environ.get("ASGISERVE_TEST_BACKENDS", "inprocess,subprocess").split(",")
 
 
 @pytest.fixture
