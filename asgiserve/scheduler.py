@@ -75,6 +75,7 @@ class Scheduler:
         self.generation = 0  # bumped by `stop`, so a late replacement knows it is not wanted
         self.deaths = 0
         self.health: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
+        self.background: set[asyncio.Future[None]] = set()
 
     @property
     def name(self) -> str:
@@ -250,7 +251,9 @@ class Scheduler:
             "replica %s of %r is lost (%s); starting a replacement",
             slot.replica.replica_id, self.name, reason,
         )  # fmt: skip
-        asyncio.ensure_future(self.replace(slot))
+        task = asyncio.ensure_future(self.replace(slot))
+        self.background.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self.background.discard)
 
     async def replace(self, old: Slot) -> None:
         loop = asyncio.get_running_loop()

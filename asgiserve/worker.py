@@ -96,7 +96,7 @@ async def serve(sock: socket.socket, spec_data: bytes) -> None:
         write_frame(sock, (0, END, ([], remote_error(exc, "the replica's constructor"))))
         return
     worker = Worker(runtime)
-    channel = Channel(worker.serve, f"replica {spec.replica_id} (pid {os.getpid()})", 2)
+    channel = Channel(worker.serve, f"replica {spec.replica_id} (pid {os.getpid()})", 2, batch=True)
     registry.upstream = lambda app, deployment: Upstream(channel, app, deployment)
     write_frame(sock, (0, END, ([], None)))  # ready
     await channel.connect(sock)

@@ -295,12 +295,22 @@ def kill_in_session(pid: int, session: int) -> None:
         os.close(pidfd)
 
 
+def process_names(pids: Sequence[int]) -> str:
+    """`pid (name)` for each, so a note about leftovers says what was left."""
+    names = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            names.append(f"{pid} ({command.decode(errors='replace').strip()[:60]})")
+    return ", ".join(names)
+
+
 def end_session(session: int, app: str, timeout: float = 10.0) -> None:
     """Kill what a stopped server left behind, so nothing of it skews the next app."""
     deadline = time.monotonic() + timeout
     left = session_members(session)
     if left:
-        print(f"{app}: killing {len(left)} leftover processes {left}", file=sys.stderr)
+        print(f"{app}: killing leftover processes {process_names(left)}", file=sys.stderr)
     while left and time.monotonic() < deadline:
         for pid in left:
             kill_in_session(pid, session)
@@ -540,6 +550,12 @@ def table(rows: Sequence[Summary]) -> str:
     return "\n".join(lines)
 
 
+def figure(value: float) -> str:
+    """Three decimals, or three significant digits when that would print 0.000 (a
+    competitor at a few requests per second against Starlette's thousands)."""
+    return f"{value:.3f}" if value >= 0.01 else f"{value:.3g}"
+
+
 def ratio_line(r: Ratio) -> str:
     """One app against its baseline; the targets and a verdict for the targeted apps."""
     aim = targeted(r)
@@ -550,8 +566,8 @@ def ratio_line(r: Ratio) -> str:
     times = f" x {competitor.label}" if competitor else ""  # "12.3 x Ray Serve"
     return (
         f"{r.app} / {r.baseline}: "
-        f"throughput at {r.throughput_connections} conns {r.throughput:.3f}{times} "
-        f"(paired {r.throughput_paired:.3f}{throughput_target}), "
+        f"throughput at {r.throughput_connections} conns {figure(r.throughput)}{times} "
+        f"(paired {figure(r.throughput_paired)}{throughput_target}), "
         f"p50 at {r.p50_connections} conn {r.p50:.3f} (paired {r.p50_paired:.3f}{p50_target}), "
         f"server CPU/req at {r.throughput_connections} conns {r.server_cpu:.3f}: {verdict}"
     )

@@ -238,9 +238,10 @@ class Channel(asyncio.BufferedProtocol):
     caller on the background loop) get their messages handed over thread-safely.
     """
 
-    def __init__(self, serve: Serve, name: str, first_id: int) -> None:
+    def __init__(self, serve: Serve, name: str, first_id: int, batch: bool = False) -> None:
         self.serve = serve
         self.name = name
+        self.batch = batch
         self.ids = itertools.count(first_id, 2)  # the two ends use odd and even ids
         self.outgoing: dict[int, Outgoing] = {}
         self.incoming: dict[int, Incoming] = {}
@@ -265,14 +266,21 @@ class Channel(asyncio.BufferedProtocol):
     # -- writing ---------------------------------------------------------------------
 
     def write(self, frame: Any) -> None:
-        """Queue a frame; frames queued in one loop turn leave in one write."""
+        """Send a frame now, or with the others of this loop turn when `batch` is set.
+
+        The server sends at once, so a worker starts on a call while the server's busy
+        loop goes on; a worker batches, so a response and its END leave together.
+        """
         if self.closed is not None:
             return
-        pieces = encode(frame, plain(frame))
+        if not self.batch:
+            self.outbox.extend(encode(frame, plain(frame)))
+            self.flush()
+            return
         if not self.outbox:
             assert self.loop is not None
             self.loop.call_soon(self.flush)
-        self.outbox.extend(pieces)
+        self.outbox.extend(encode(frame, plain(frame)))
 
     def flush(self) -> None:
         if self.transport is None:

@@ -35,6 +35,7 @@ from asgiserve.backends.channel import (
 )
 from asgiserve.context import new_request_id
 from asgiserve.exceptions import ReplicaDiedError
+from asgiserve.handle import never
 
 EXIT_WAIT_S = 5.0
 
@@ -93,11 +94,6 @@ def forward_output(stream: IO[bytes], prefix: str) -> None:
         sys.stderr.write(prefix + line.decode(errors="replace"))
         sys.stderr.flush()
     stream.close()
-
-
-async def never() -> Message:
-    await asyncio.get_running_loop().create_future()
-    raise AssertionError("unreachable")
 
 
 async def discard(message: Message) -> None:
@@ -172,7 +168,7 @@ class SubprocessReplica(Replica):
         channel = self.connected() or await self.channel_here()
         if call.kind == "asgi":
             assert call.scope is not None
-            call = dataclasses.replace(call, scope=wire_scope(call.scope))
+            call.scope = wire_scope(call.scope)  # the router made this call for us alone
         await channel.call(None, call, receive, send)
 
     async def control(self, method: str, *args: Any) -> None:
