@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -225,3 +226,29 @@ def test_no_worker_outlives_the_server_process(tmp_path: Path, end: str) -> None
         process.send_signal(getattr(signal, end))
     process.wait(timeout=30)
     eventually(lambda: not any(alive(pid) for pid in pids), timeout=5)
+
+
+@asgiserve.deployment(max_ongoing_requests=1)
+class One:
+    async def ping(self) -> str:
+        return "pong"
+
+
+@pytest.mark.anyio
+async def test_a_call_cancelled_on_its_way_frees_its_slot(anyio_backend: str) -> None:
+    """The worker can read a CALL and its CANCEL in one go, before the call's task starts:
+    it must still answer, or the server would wait for it forever, holding the slot."""
+    handle = asgiserve.run(One.bind(), name="one", route_prefix=None, backend="subprocess")
+    try:
+        assert await handle.ping.remote() == "pong"
+        for _ in range(20):
+            response = handle.ping.remote()
+            await asyncio.sleep(0)  # the call is written to the worker
+            response.cancel()
+            assert response.task is not None
+            done, _ = await asyncio.wait({response.task}, timeout=5)
+            assert done, "a call cancelled on its way never got its answer"
+        with anyio.fail_after(10):  # the only slot is free again
+            assert await handle.ping.remote() == "pong"
+    finally:
+        await asgiserve.shutdown_async()

@@ -228,6 +228,7 @@ class Incoming:
         self.ready: deque[Message] = deque([first] if first is not None else [])
         self.pulls: deque[asyncio.Future[Message]] = deque()
         self.task: asyncio.Task[None] | None = None
+        self.started = False  # a task cancelled before its first step never runs its body
         self.cancelled = False
 
 
@@ -315,6 +316,9 @@ class Channel(asyncio.BufferedProtocol):
         stream_id = next(self.ids)
         stream = Outgoing(loop)
         self.outgoing[stream_id] = stream
+        if self.closed is not None:  # lost while we read the body: nobody will answer
+            del self.outgoing[stream_id]
+            raise ReplicaDiedError(f"{self.name} is gone: {self.closed}", sent=False)
         fields = (call.request_id, call.kind, call.method, call.args, call.kwargs, call.scope,
                   call.route, call.replica_id)  # fmt: skip
         self.write_from(loop, (stream_id, CALL, (target, fields, first)))
@@ -402,7 +406,10 @@ class Channel(asyncio.BufferedProtocol):
                 self.write((stream_id, SEND, [message]))
 
         error: BaseException | None = None
+        stream.started = True
         try:
+            if stream.cancelled:  # CANCEL came with the CALL, before this task could start
+                raise asyncio.CancelledError
             await self.serve(target, call, receive, send)
         except asyncio.CancelledError:
             if not stream.cancelled:
@@ -426,8 +433,9 @@ class Channel(asyncio.BufferedProtocol):
                 return
             if op == CANCEL:
                 incoming.cancelled = True
-                assert incoming.task is not None
-                incoming.task.cancel()
+                if incoming.started:
+                    assert incoming.task is not None
+                    incoming.task.cancel()
                 return
             while incoming.pulls:
                 pull = incoming.pulls.popleft()
