@@ -23,6 +23,7 @@ from asgiserve import registry
 from asgiserve.backends.base import Call
 from asgiserve.backends.channel import END, Channel, Target, read_frame, remote_error, write_frame
 from asgiserve.config import BACKEND_ENV
+from asgiserve.exceptions import DeploymentUnavailableError
 from asgiserve.replica import ReplicaRuntime
 
 PARENT_POLL_S = 0.5
@@ -88,7 +89,16 @@ def watch_parent(parent: int) -> None:
     os._exit(1)
 
 
+def not_yet(app_name: str, deployment_name: str) -> Upstream:
+    raise DeploymentUnavailableError(
+        f"a handle to {app_name}/{deployment_name} was called in a replica's constructor; "
+        "on the subprocess backend the way to other deployments opens once the replica is "
+        "ready: call it from a method, or from the ingress app's startup event"
+    )
+
+
 async def serve(sock: socket.socket, spec_data: bytes) -> None:
+    registry.upstream = not_yet
     try:
         spec = pickle.loads(spec_data)
         runtime = await asyncio.to_thread(ReplicaRuntime, spec)

@@ -252,3 +252,15 @@ async def test_a_call_cancelled_on_its_way_frees_its_slot(anyio_backend: str) ->
             assert await handle.ping.remote() == "pong"
     finally:
         await asgiserve.shutdown_async()
+
+
+@asgiserve.deployment
+class CallsInConstructor:
+    def __init__(self, inner: DeploymentHandle) -> None:
+        inner.where.remote().result()
+
+
+def test_a_handle_called_in_a_constructor_says_where_to_call_it_instead() -> None:
+    with pytest.raises(asgiserve.exceptions.DeploymentUnavailableError, match="startup event"):
+        asgiserve.run(CallsInConstructor.bind(Inner.bind()), name="early", backend="subprocess")
+    asgiserve.shutdown()
