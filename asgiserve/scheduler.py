@@ -87,9 +87,19 @@ class Scheduler:
 
     def start_replicas(self) -> None:
         """Build every replica now, so a failing constructor fails `run()` (blocking)."""
-        while len(self.slots) < self.config.num_replicas:
-            spec = self.make_spec(self.next_replica_id())
-            self.slots.append(Slot(self.backend.start_replica(spec)))
+        missing = self.config.num_replicas - len(self.slots)
+        specs = [self.make_spec(self.next_replica_id()) for _ in range(missing)]
+        if not self.backend.starts_in_parallel or missing < 2:
+            for spec in specs:
+                self.slots.append(Slot(self.backend.start_replica(spec)))
+            return
+        with concurrent.futures.ThreadPoolExecutor(missing) as pool:
+            starts = [pool.submit(self.backend.start_replica, spec) for spec in specs]
+        self.slots += [Slot(start.result()) for start in starts if start.exception() is None]
+        for start in starts:
+            error = start.exception()
+            if error is not None:
+                raise error
 
     async def ensure_started(self) -> None:
         """Replicas start on first use (and on the router's lifespan startup), once.

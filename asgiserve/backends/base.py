@@ -82,6 +82,8 @@ class Backend(ABC):
     """Where replicas run. Adding a backend means one new module with one subclass."""
 
     name: str
+    # Replicas that share nothing (processes, actors) can start side by side.
+    starts_in_parallel = False
 
     @abstractmethod
     def start_replica(self, spec: ReplicaSpec) -> Replica:

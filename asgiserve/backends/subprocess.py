@@ -210,6 +210,7 @@ class SubprocessBackend(Backend):
     """Each replica a worker process: off the server's event loop and GIL, crash-isolated."""
 
     name = "subprocess"
+    starts_in_parallel = True
 
     def start_replica(self, spec: ReplicaSpec) -> Replica:
         return SubprocessReplica(spec)
