@@ -1,7 +1,9 @@
 """Streaming chunk rate and disconnect-to-cancel latency, asgiserve against bare Starlette.
 
 Each app runs in its own uvicorn subprocess on a loopback port (same settings as
-`http_bench.py`). Two figures per app, medians over `--rounds`:
+`http_bench.py`); `ray-serve` (chunk rate only) runs Ray Serve's own server from the
+competitors venv (benchmarks/competitors/setup.sh), as in `http_bench.py`. Two figures per
+app, medians over `--rounds`:
 
 - chunk rate: a raw socket client reads `/stream?n=N` (N small chunks from an async
   generator) to the end; chunks per second from the first byte to the last;
@@ -11,6 +13,7 @@ Each app runs in its own uvicorn subprocess on a loopback port (same settings as
   Starlette does not cancel an endpoint when its client leaves.
 
     python benchmarks/stream_bench.py --rounds 3
+    python benchmarks/stream_bench.py --apps starlette,asgiserve-subprocess,ray-serve
 """
 
 from __future__ import annotations
@@ -24,43 +27,100 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from http_bench import HOST, ROOT, free_port, stop, uvicorn_settings  # noqa: E402
-from stream_apps import FACTORIES  # noqa: E402
+from http_bench import (  # noqa: E402
+    COMPETITORS_DIR,
+    HOST,
+    ROOT,
+    STOP_TIMEOUT,
+    Competitor,
+    competitor_missing,
+    competitors_python,
+    end_session,
+    free_port,
+    stop,
+    uvicorn_settings,
+)
+from stream_apps import CHUNK, FACTORIES  # noqa: E402
 
 # Bare Starlette does not cancel an endpoint when its client leaves: nothing to time there.
 CANCELS = ("asgiserve", "asgiserve-subprocess")
 TARGET_CHUNK_RATIO = 0.8  # in-process, against bare Starlette
 TARGET_SUBPROCESS_CHUNKS_S = 20_000  # the subprocess backend, absolute
 TARGET_CANCEL_P99_MS = 20.0
+# Other frameworks, run from the competitors venv (never imported here); chunk rate only.
+# Keys match http_bench.COMPETITORS, whose `competitor_missing` checks the venv.
+STREAM_COMPETITORS = {"ray-serve": Competitor("Ray Serve", "ray_serve_stream_app.py", "ray")}
+RAY_PAIR = ("asgiserve-subprocess", "ray-serve")  # compared when both are in the run
+STARTUP_TIMEOUT = 30.0  # seconds for a uvicorn app; a competitor gets its own (Ray: 120)
+READ_TIMEOUT = 60.0  # seconds a client waits for the next bytes before it gives up
 
 
-@contextlib.contextmanager
-def server(app: str, cancel_log: Path) -> Iterator[int]:
-    port = free_port()
-    command = [
+def server_command(app: str, port: int) -> list[str]:
+    """uvicorn for our apps; a competitor's own server, from its venv, for the others."""
+    competitor = STREAM_COMPETITORS.get(app)
+    if competitor is not None:
+        script = COMPETITORS_DIR / competitor.script
+        return [str(competitors_python()), str(script), "--port", str(port)]
+    return [
         sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "--factory",
         f"stream_apps:{FACTORIES[app]}", "--host", HOST, "--port", str(port),
         *uvicorn_settings(),
     ]  # fmt: skip
-    env = {**os.environ, "ASGISERVE_BENCH_CANCEL_LOG": str(cancel_log)}
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
+
+
+def streams(port: int) -> bool:
+    """Whether `/stream` answers with its chunk: Ray's proxy listens before the app is up."""
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection((HOST, port), 1):
-                break
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"{app} server did not start")
-            time.sleep(0.05)
-        yield port
-    finally:
-        stop(process)  # type: ignore[arg-type]
+        with urllib.request.urlopen(f"http://{HOST}:{port}/stream?n=1", timeout=2) as response:
+            return response.status == 200 and bool(response.read() == CHUNK)
+    except OSError:
+        return False
+
+
+def wait_until_streaming(app: str, port: int, process: subprocess.Popen[bytes]) -> None:
+    """Ray needs a cluster and a replica first: a competitor gets its own, longer timeout."""
+    competitor = STREAM_COMPETITORS.get(app)
+    deadline = time.monotonic() + (competitor.startup_timeout if competitor else STARTUP_TIMEOUT)
+    while not streams(port):
+        if process.poll() is not None:
+            raise RuntimeError(f"{app} server exited with code {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{app} server did not stream on port {port} in time")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def server(app: str, cancel_log: Path) -> Iterator[int]:
+    """Run `app` in a session of its own, so all it starts (Ray's cluster, the subprocess
+    backend's worker) is stopped with it; yields its port once it streams. Its output is
+    shown only if it fails (Ray logs every request)."""
+    port = free_port()
+    env = {**os.environ, "ASGISERVE_BENCH_CANCEL_LOG": str(cancel_log)}
+    competitor = STREAM_COMPETITORS.get(app)
+    grace = competitor.stop_timeout if competitor else STOP_TIMEOUT
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            server_command(app, port),
+            cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_until_streaming(app, port, process)
+            yield port
+        except BaseException:
+            stop(process, grace)
+            log.seek(0)
+            sys.stderr.write(log.read().decode(errors="replace"))
+            raise
+        finally:
+            stop(process, grace)
+            end_session(process.pid, app)
 
 
 def request(path: str) -> bytes:
@@ -69,7 +129,7 @@ def request(path: str) -> bytes:
 
 def chunk_rate(port: int, n: int) -> float:
     """Chunks per second for one streamed response of `n` chunks, read to the end."""
-    with socket.create_connection((HOST, port)) as sock:
+    with socket.create_connection((HOST, port), timeout=READ_TIMEOUT) as sock:
         sock.sendall(request(f"/stream?n={n}"))
         first = sock.recv(65536)
         started = time.perf_counter()
@@ -106,35 +166,88 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def main() -> None:
+def runnable(apps: list[str]) -> list[str]:
+    """`apps` without the competitors whose venv is not set up, with a note for each: they
+    are optional, so a missing one is skipped, not an error."""
+    kept = []
+    for app in apps:
+        reason = competitor_missing(app) if app in STREAM_COMPETITORS else None
+        if reason is None:
+            kept.append(app)
+        else:
+            print(
+                f"skipping {app}: {reason}; run benchmarks/competitors/setup.sh"
+                " (set COMPETITORS_VENV for a venv elsewhere)"
+            )
+    return kept
+
+
+def parse_args() -> argparse.Namespace:
+    known = [*FACTORIES, *STREAM_COMPETITORS]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--chunks", type=int, default=10_000)
     parser.add_argument("--streams", type=int, default=5, help="streams per round")
     parser.add_argument("--disconnects", type=int, default=100, help="per app and round")
-    parser.add_argument("--apps", default=",".join(FACTORIES), help="comma-separated")
+    parser.add_argument(
+        "--apps", default=",".join(FACTORIES),
+        help=f"comma-separated, in run order; any of {', '.join(known)}",
+    )  # fmt: skip
     options = parser.parse_args()
-    apps = options.apps.split(",")
+    options.apps = [app.strip() for app in options.apps.split(",") if app.strip()]
+    unknown = [app for app in options.apps if app not in known]
+    if unknown:
+        parser.error(f"unknown apps {unknown}; choose from {known}")
+    return options
+
+
+def measure(
+    app: str,
+    options: argparse.Namespace,
+    rates: dict[str, list[float]],
+    latencies: dict[str, list[float]],
+) -> None:
+    """One round of one app, on a fresh server: chunk rates, then cancel latencies."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cancel_log = Path(tmp) / "cancelled.log"
+        cancel_log.touch()
+        with server(app, cancel_log) as port:
+            chunk_rate(port, options.chunks)  # warm-up
+            rates[app] += [chunk_rate(port, options.chunks) for _ in range(options.streams)]
+            if app in CANCELS:
+                latencies[app] += cancel_latencies(port, cancel_log, options.disconnects)
+
+
+def cancel_cells(app: str, latencies: dict[str, list[float]]) -> str:
+    """p50 and p99, or why there are none: Starlette cannot cancel, Ray is not measured."""
+    if latencies[app]:
+        return f"{percentile(latencies[app], 0.5):>16.2f}{percentile(latencies[app], 0.99):>16.2f}"
+    note = "(not measured)" if app in STREAM_COMPETITORS else "(no cancel)"
+    return f"{note:>16}{'':>16}"
+
+
+def pair_line(rates: dict[str, list[float]]) -> str | None:
+    """asgiserve's subprocess backend against Ray Serve, when both ran."""
+    ours, theirs = RAY_PAIR
+    if not (rates.get(ours) and rates.get(theirs)):
+        return None
+    ratio = statistics.median(rates[ours]) / statistics.median(rates[theirs])
+    return f"{ours} / {theirs} chunk rate: {ratio:.2f} x"
+
+
+def main() -> None:
+    options = parse_args()
+    apps = runnable(options.apps)
     rates: dict[str, list[float]] = {app: [] for app in apps}
     latencies: dict[str, list[float]] = {app: [] for app in apps}
     for _ in range(options.rounds):
         for app in apps:
-            with tempfile.TemporaryDirectory() as tmp:
-                cancel_log = Path(tmp) / "cancelled.log"
-                cancel_log.touch()
-                with server(app, cancel_log) as port:
-                    chunk_rate(port, options.chunks)  # warm-up
-                    rates[app] += [chunk_rate(port, options.chunks) for _ in range(options.streams)]
-                    if app in CANCELS:
-                        latencies[app] += cancel_latencies(port, cancel_log, options.disconnects)
+            measure(app, options, rates, latencies)
     print(f"{'app':<22}{'chunks/s':>12}{'cancel p50 ms':>16}{'cancel p99 ms':>16}")
     for app in apps:
-        cancel = (
-            f"{percentile(latencies[app], 0.5):>16.2f}{percentile(latencies[app], 0.99):>16.2f}"
-            if latencies[app]
-            else f"{'(no cancel)':>16}{'':>16}"
-        )
-        print(f"{app:<22}{statistics.median(rates[app]):>12.0f}{cancel}")
+        print(f"{app:<22}{statistics.median(rates[app]):>12.0f}{cancel_cells(app, latencies)}")
+    if (line := pair_line(rates)) is not None:
+        print(line)
     for app in apps:
         if app in CANCELS:
             print(verdict(app, rates, latencies))
