@@ -11,7 +11,7 @@ per call:
     END     callee -> caller   finished: trailing messages and the error, if any
     CANCEL  caller -> callee   cancel the callee's task; it still answers END
 
-So a small request is one CALL frame and its response one SEND frame. Frames are a 4-byte
+So a small request is one CALL frame and its response one SEND frame. Frames are an 8-byte
 length, a pickle (protocol 5) and its large buffers out of band, read straight into their
 own memory so a numpy array is not copied again on arrival.
 """
@@ -43,7 +43,7 @@ from asgiserve.loops import serving_loop
 CALL, SEND, PULL, RECV, END, CANCEL = range(6)
 FAILED = 6  # not on the wire: our own `receive` failed while answering a PULL
 
-LENGTH = struct.Struct("!I")
+LENGTH = struct.Struct("!Q")  # a frame may hold arrays of several GiB
 COUNT = struct.Struct("!H")
 SIZE = struct.Struct("!Q")
 OUT_OF_BAND = 64 * 1024  # buffers at least this large travel beside the pickle, not in it
@@ -143,7 +143,7 @@ def encode(frame: Any, fast: bool = False) -> list[bytes | memoryview]:
     else:
         data = dumps(frame, out_of_band)
     sizes = [buffer.nbytes for buffer in buffers]
-    head = struct.pack(f"!IH{len(sizes)}Q", 2 + 8 * len(sizes) + len(data) + sum(sizes),
+    head = struct.pack(f"!QH{len(sizes)}Q", 2 + 8 * len(sizes) + len(data) + sum(sizes),
                        len(sizes), *sizes)
     if not buffers:
         return [head + data]
