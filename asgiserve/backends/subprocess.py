@@ -160,7 +160,8 @@ class SubprocessReplica(Replica):
                 return channel
             channel = self.channel = Channel(serve_upstream, self.name, 1)
             channel.ids = self.ids  # ids stay unique across the loops that serve us
-        # A loop that served us has ended: the new one reads through a duplicate socket.
+        # Each loop reads through its own duplicate of the socket: a loop that has ended
+        # keeps its transport, and closing that must not close the connection.
         await channel.connect(self.sock.dup())
         return channel
 
