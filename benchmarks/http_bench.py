@@ -32,7 +32,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -339,22 +339,23 @@ def cpu_seconds(session: int) -> float:
 
 
 @contextlib.contextmanager
-def server(app: str, options: Options) -> Iterator[Server]:
-    """Run `app` in a subprocess, in a session of its own so that all it starts can be
-    found and stopped; yields it once it answers."""
-    port = free_port()
-    path, post = endpoint(app)
-    url = f"http://{HOST}:{port}{path}"
-    grace = COMPETITORS[app].stop_timeout if app in COMPETITORS else STOP_TIMEOUT
+def in_session(
+    command: list[str],
+    app: str,
+    grace: float,
+    ready: Callable[[subprocess.Popen[bytes]], None],
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a server in a session of its own, so that all it starts can be found and
+    stopped with it; yields it once `ready` returns. Its output is shown only if it fails
+    (Ray and LitServe log every request)."""
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            server_command(app, port), stdout=log, stderr=log, cwd=ROOT, start_new_session=True
+            command, cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True
         )
-        if options.pin:
-            pin(process.pid, 0)
         try:
-            wait_until_answering(url, process, startup_timeout(app, options), post)
-            yield Server(url, process.pid, post)
+            ready(process)
+            yield process
         except BaseException:
             stop(process, grace)
             log.seek(0)
@@ -363,6 +364,23 @@ def server(app: str, options: Options) -> Iterator[Server]:
         finally:
             stop(process, grace)
             end_session(process.pid, app)
+
+
+@contextlib.contextmanager
+def server(app: str, options: Options) -> Iterator[Server]:
+    """Run `app` in a uvicorn (or competitor) subprocess; yields it once it answers."""
+    port = free_port()
+    path, post = endpoint(app)
+    url = f"http://{HOST}:{port}{path}"
+    grace = COMPETITORS[app].stop_timeout if app in COMPETITORS else STOP_TIMEOUT
+
+    def ready(process: subprocess.Popen[bytes]) -> None:
+        if options.pin:
+            pin(process.pid, 0)
+        wait_until_answering(url, process, startup_timeout(app, options), post)
+
+    with in_session(server_command(app, port), app, grace, ready) as process:
+        yield Server(url, process.pid, post)
 
 
 # -- wrk ------------------------------------------------------------------------------

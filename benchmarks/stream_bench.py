@@ -37,14 +37,12 @@ sys.path.insert(0, str(HERE))
 from http_bench import (  # noqa: E402
     COMPETITORS_DIR,
     HOST,
-    ROOT,
     STOP_TIMEOUT,
     Competitor,
     competitor_missing,
     competitors_python,
-    end_session,
     free_port,
-    stop,
+    in_session,
     uvicorn_settings,
 )
 from stream_apps import CHUNK, FACTORIES  # noqa: E402
@@ -105,22 +103,12 @@ def server(app: str, cancel_log: Path) -> Iterator[int]:
     env = {**os.environ, "ASGISERVE_BENCH_CANCEL_LOG": str(cancel_log)}
     competitor = STREAM_COMPETITORS.get(app)
     grace = competitor.stop_timeout if competitor else STOP_TIMEOUT
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            server_command(app, port),
-            cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True,
-        )  # fmt: skip
-        try:
-            wait_until_streaming(app, port, process)
-            yield port
-        except BaseException:
-            stop(process, grace)
-            log.seek(0)
-            sys.stderr.write(log.read().decode(errors="replace"))
-            raise
-        finally:
-            stop(process, grace)
-            end_session(process.pid, app)
+
+    def ready(process: subprocess.Popen[bytes]) -> None:
+        wait_until_streaming(app, port, process)
+
+    with in_session(server_command(app, port), app, grace, ready, env):
+        yield port
 
 
 def request(path: str) -> bytes:

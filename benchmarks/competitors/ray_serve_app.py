@@ -13,6 +13,7 @@ import argparse
 import os
 import signal
 import threading
+from typing import Any
 
 # Ray reports usage statistics over the network by default; this machine only talks to
 # itself, so turn that off before Ray is imported.
@@ -47,19 +48,24 @@ def wait_for_signal() -> None:
     stopping.wait()
 
 
-def main() -> None:
+def serve_until_signal(application: Any, path: str) -> None:
+    """Serve `application` at `/` on `--port` until SIGTERM or SIGINT, then stop Ray."""
     port = parse_port()
     # Ray's own processes (GCS, raylet, workers) talk to each other on the node's address;
     # keep that on loopback too, like the HTTP proxy.
     ray.init(_node_ip_address=HOST)
     try:
         serve.start(http_options={"host": HOST, "port": port})
-        serve.run(Noop.bind(), route_prefix="/")
-        print(f"ray-serve ready on http://{HOST}:{port}/", flush=True)
+        serve.run(application, route_prefix="/")
+        print(f"ray-serve ready on http://{HOST}:{port}{path}", flush=True)
         wait_for_signal()
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def main() -> None:
+    serve_until_signal(Noop.bind(), "/")
 
 
 if __name__ == "__main__":

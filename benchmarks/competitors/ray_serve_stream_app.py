@@ -17,9 +17,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # ray_serve_app.py, then stream_apps.py
 
 # ray_serve_app turns Ray's usage statistics off before it imports Ray: import it first.
-from ray_serve_app import HOST, parse_port, wait_for_signal  # noqa: E402, I001
+from ray_serve_app import serve_until_signal  # noqa: E402, I001
 
-import ray  # noqa: E402
 import stream_apps  # noqa: E402
 from ray import cloudpickle, serve  # noqa: E402
 from starlette.requests import Request  # noqa: E402
@@ -40,16 +39,7 @@ class Streamer:
 
 
 def main() -> None:
-    port = parse_port()
-    ray.init(_node_ip_address=HOST)  # Ray's own processes on loopback too
-    try:
-        serve.start(http_options={"host": HOST, "port": port})
-        serve.run(Streamer.bind(), route_prefix="/")
-        print(f"ray-serve streaming ready on http://{HOST}:{port}/stream", flush=True)
-        wait_for_signal()
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    serve_until_signal(Streamer.bind(), "/stream")
 
 
 if __name__ == "__main__":
