@@ -21,7 +21,8 @@ from starlette.types import Receive, Send
 
 from asgiserve import registry
 from asgiserve.backends.base import Call
-from asgiserve.backends.channel import END, Channel, Target, read_frame, remote_error, write_frame
+from asgiserve.backends.channel import END, Channel, Target
+from asgiserve.backends.wire import read_frame, remote_error, write_frame
 from asgiserve.config import BACKEND_ENV
 from asgiserve.exceptions import DeploymentUnavailableError
 from asgiserve.replica import ReplicaRuntime

@@ -25,14 +25,8 @@ from starlette.types import Message, Receive, Send
 
 from asgiserve import registry
 from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
-from asgiserve.backends.channel import (
-    Channel,
-    Target,
-    dumps,
-    read_frame,
-    wire_scope,
-    write_frame,
-)
+from asgiserve.backends.channel import Channel, Target
+from asgiserve.backends.wire import dumps, read_frame, wire_scope, write_frame
 from asgiserve.context import new_request_id
 from asgiserve.exceptions import ReplicaDiedError
 from asgiserve.handle import never
