@@ -183,7 +183,8 @@ class Channel(asyncio.BufferedProtocol):
         self.outgoing[stream_id] = stream
         if self.closed is not None:  # lost while we read the body: nobody will answer
             del self.outgoing[stream_id]
-            raise ReplicaDiedError(f"{self.name} is gone: {self.closed}", sent=False)
+            # A body already read cannot be read again for another replica: no retry then.
+            raise ReplicaDiedError(f"{self.name} is gone: {self.closed}", sent=first is not None)
         fields = (call.request_id, call.kind, call.method, call.args, call.kwargs, call.scope,
                   call.route, call.replica_id)  # fmt: skip
         self.write_from(loop, (stream_id, CALL, (target, fields, first)))
