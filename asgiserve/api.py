@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 from typing import Any
 
 from asgiserve import registry
-from asgiserve.backends import Backend
+from asgiserve.backends import Backend, close_backends
 from asgiserve.config import backend_from_env
 from asgiserve.deployment import Application, Deployment
 from asgiserve.graph import deploy_graph
@@ -84,6 +85,7 @@ async def shutdown_async() -> None:
     for app in apps:
         app.router.remove_routes(app.name)
         await close_app(app)
+    await asyncio.to_thread(close_backends)
 
 
 def shutdown() -> None:

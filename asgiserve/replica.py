@@ -66,6 +66,16 @@ async def invoke(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return result
 
 
+async def drain(tasks: set[asyncio.Task[Any]], timeout_s: float) -> None:
+    """Let running calls finish within `timeout_s`, then cancel the rest (graceful stop)."""
+    if tasks:
+        _, late = await asyncio.wait(tasks, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.wait(late, timeout=1)
+
+
 class RequestHandler:
     """`__call__(request)` as an ASGI app; its return value becomes the response."""
 

@@ -25,7 +25,7 @@ from asgiserve.backends.channel import END, Channel, Target
 from asgiserve.backends.wire import read_frame, remote_error, write_frame
 from asgiserve.config import BACKEND_ENV
 from asgiserve.exceptions import DeploymentUnavailableError
-from asgiserve.replica import ReplicaRuntime
+from asgiserve.replica import ReplicaRuntime, drain
 
 PARENT_POLL_S = 0.5
 
@@ -71,12 +71,7 @@ class Worker:
 
     async def stop(self, timeout_s: float) -> None:
         """Let in-flight calls finish within `timeout_s`, cancel the rest, shut the app down."""
-        if self.calls:
-            _, late = await asyncio.wait(self.calls, timeout=timeout_s)
-            for task in late:
-                task.cancel()
-            if late:
-                await asyncio.wait(late, timeout=1)
+        await drain(self.calls, timeout_s)
         try:
             await self.runtime.stop(timeout_s)
         finally:

@@ -107,6 +107,23 @@ def asgiserve_subprocess_wide() -> Starlette:
     return Starlette(routes=[Mount("/", asgiserve.router)])
 
 
+def asgiserve_ray() -> Starlette:
+    """asgiserve with one Ray actor (the ray backend, a local Ray started on first use),
+    default options: the server calls the actor directly, no proxy actor in between."""
+    import asgiserve
+
+    deploy_noop(backend="ray")
+    return Starlette(routes=[Mount("/", asgiserve.router)])
+
+
+def asgiserve_ray_wide() -> Starlette:
+    """As `asgiserve_ray`, with `max_ongoing_requests=100`."""
+    import asgiserve
+
+    deploy_noop(backend="ray", max_ongoing_requests=100)
+    return Starlette(routes=[Mount("/", asgiserve.router)])
+
+
 # name on the command line -> factory in this module
 FACTORIES = {
     "starlette": "bare_starlette",
@@ -117,4 +134,6 @@ FACTORIES = {
     "fastapi-asgiserve": "fastapi_asgiserve_inprocess",
     "asgiserve-subprocess": "asgiserve_subprocess",
     "asgiserve-subprocess-wide": "asgiserve_subprocess_wide",
+    "asgiserve-ray": "asgiserve_ray",
+    "asgiserve-ray-wide": "asgiserve_ray_wide",
 }

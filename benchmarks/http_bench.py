@@ -49,7 +49,12 @@ POST_LUA_SCRIPT = HERE / "wrk_post.lua"  # POSTs `{}`, then reports as LUA_SCRIP
 WRK_MARKER = "WRK_JSON "
 BASELINE = "starlette"  # every other app is compared with this one
 # Also compared with its own framework when that is in the run (no target applies).
-PAIRS = {"fastapi-asgiserve": "fastapi", "asgiserve-subprocess": "ray-serve"}
+PAIRS = {
+    "fastapi-asgiserve": "fastapi",
+    "asgiserve-subprocess": "ray-serve",
+    "asgiserve-ray": "ray-serve",
+    "asgiserve-ray-wide": "ray-serve",
+}
 STOP_TIMEOUT = 15.0  # seconds a uvicorn server gets to stop after SIGINT
 
 

@@ -72,8 +72,16 @@ def asgiserve_subprocess() -> Starlette:
     return Starlette(routes=[Mount("/", asgiserve.router)])
 
 
+def asgiserve_ray() -> Starlette:
+    import asgiserve
+
+    asgiserve.run(asgiserve.deployment(Streamer).bind(), route_prefix="/", backend="ray")
+    return Starlette(routes=[Mount("/", asgiserve.router)])
+
+
 FACTORIES = {
     "starlette": "bare_starlette",
     "asgiserve": "asgiserve_inprocess",
     "asgiserve-subprocess": "asgiserve_subprocess",
+    "asgiserve-ray": "asgiserve_ray",
 }

@@ -1,13 +1,16 @@
 """Fixtures: every HTTP test runs on each server and on each backend under test.
 
 `ASGISERVE_TEST_BACKENDS=inprocess,subprocess` picks the backends (default: every one
-this checkout has), so new backends run the same suite unchanged.
+this checkout has, Ray when it is installed), so new backends run the same suite unchanged.
+Ray tests share one local Ray for the session.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +19,9 @@ from fastapi import FastAPI
 import asgiserve
 from tests.servers import SERVERS, LiveServer, serve
 
-BACKENDS = os.environ.get("ASGISERVE_TEST_BACKENDS", "inprocess,subprocess").split(",")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # the tests talk to nobody else
+DEFAULT_BACKENDS = "inprocess,subprocess" + (",ray" if importlib.util.find_spec("ray") else "")
+BACKENDS = os.environ.get("ASGISERVE_TEST_BACKENDS", DEFAULT_BACKENDS).split(",")
 
 
 @pytest.fixture
@@ -28,9 +33,21 @@ def anyio_backend() -> str:
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The backend every `asgiserve.run()` in the test uses; everything is shut down after."""
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
     monkeypatch.setenv("ASGISERVE_BACKEND", request.param)
     yield request.param
     asgiserve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """One local Ray for every test that needs it; asgiserve uses it instead of its own."""
+    import ray
+
+    ray.init(num_cpus=4, resources={"model_slot": 2}, include_dashboard=False)
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session", params=SERVERS)

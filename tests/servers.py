@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -33,11 +34,16 @@ class LiveServer:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
 
 
-def wait_for_port(port: int, thread: threading.Thread, timeout: float = 15) -> None:
+def wait_for_port(
+    port: int, server: threading.Thread | subprocess.Popen[Any], timeout: float = 15
+) -> None:
+    """Until something listens on `port`; fails early if the server (thread or process) ends."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not thread.is_alive():
-            raise RuntimeError("server thread exited before it listened")
+        if isinstance(server, threading.Thread) and not server.is_alive():
+            raise RuntimeError("the server exited before it listened")
+        if isinstance(server, subprocess.Popen) and server.poll() is not None:
+            raise RuntimeError("the server exited before it listened")
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return

@@ -84,21 +84,11 @@ def test_quickstart_curl_checks(kind: str, backend: str) -> None:
 
 def wait_or_fail(process: subprocess.Popen[str], port: int) -> None:
     try:
-        wait_for_port(port, _Alive(process))  # type: ignore[arg-type]
+        wait_for_port(port, process)
     except (RuntimeError, TimeoutError):
         process.kill()
         out, _ = process.communicate()
         pytest.fail(f"the server did not start:\n{out}")
-
-
-class _Alive:
-    """`wait_for_port` wants a thread; this answers `is_alive()` for a process."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.process = process
-
-    def is_alive(self) -> bool:
-        return self.process.poll() is None
 
 
 def test_documented_uvicorn_command(backend: str) -> None:

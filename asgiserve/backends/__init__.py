@@ -11,6 +11,7 @@ __all__ = [
     "Backend",
     "Call",
     "InProcessBackend",
+    "RayBackend",
     "Replica",
     "ReplicaSpec",
     "SubprocessBackend",
@@ -19,20 +20,34 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """`SubprocessBackend` is imported when first named, keeping `import asgiserve` light."""
+    """Other backends are imported when first named, keeping `import asgiserve` light."""
     if name == "SubprocessBackend":
         from asgiserve.backends.subprocess import SubprocessBackend
 
         return SubprocessBackend
+    if name == "RayBackend":
+        from asgiserve.backends.ray import RayBackend
+
+        return RayBackend
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _shared: dict[str, Backend] = {}
+_given: list[Backend] = []  # instances passed in by the user, closed with the shared ones
+
+
+def close_backends() -> None:
+    """Release what every backend used here holds (a Ray started here is stopped)."""
+    for backend in [*_shared.values(), *_given]:
+        backend.close()
+    _given.clear()
 
 
 def resolve_backend(backend: str | Backend) -> Backend:
     """A backend instance for a name; one shared instance per name per process."""
     if isinstance(backend, Backend):
+        if backend not in _given:
+            _given.append(backend)
         return backend
     if backend not in _shared:
         if backend == "inprocess":
@@ -41,6 +56,10 @@ def resolve_backend(backend: str | Backend) -> Backend:
             from asgiserve.backends.subprocess import SubprocessBackend
 
             _shared[backend] = SubprocessBackend()
+        elif backend == "ray":
+            from asgiserve.backends.ray import RayBackend
+
+            _shared[backend] = RayBackend()
         else:
             raise ValueError(
                 f"unknown backend {backend!r}; choose one of 'inprocess', 'subprocess', 'ray' "

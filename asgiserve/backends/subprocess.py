@@ -9,77 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import inspect
 import itertools
 import os
 import socket
 import subprocess
 import sys
-import sysconfig
 import threading
 from typing import IO, Any
 
-import cloudpickle
 from starlette.types import Message, Receive, Send
 
 from asgiserve import registry
 from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
 from asgiserve.backends.channel import Channel, Target
-from asgiserve.backends.wire import dumps, read_frame, wire_scope, write_frame
+from asgiserve.backends.wire import pickle_spec, read_frame, wire_scope, write_frame
 from asgiserve.context import new_request_id
 from asgiserve.exceptions import ReplicaDiedError
 from asgiserve.handle import never
 
 EXIT_WAIT_S = 5.0
-
-
-def installed(module_file: str) -> bool:
-    paths = sysconfig.get_paths()
-    return module_file.startswith((paths["purelib"], paths["platlib"], paths["stdlib"]))
-
-
-def resolve_annotations(target: Any) -> None:
-    """Turn a class's string annotations into the objects they name, before shipping it.
-
-    A function shipped by value takes only the globals its code uses, so names used only in
-    annotations (`request: Request` under `from __future__ import annotations`) would be
-    missing in the worker, where FastAPI reads the signatures of class-based views again.
-    """
-    for klass in getattr(target, "__mro__", ())[:-1]:
-        for value in vars(klass).values():
-            annotations = getattr(value, "__annotations__", None)
-            if inspect.isfunction(value) and any(isinstance(a, str) for a in annotations or {}):
-                with contextlib.suppress(Exception):  # unresolvable: FastAPI will say so
-                    value.__annotations__ = inspect.get_annotations(value, eval_str=True)
-
-
-def pickle_spec(spec: ReplicaSpec) -> bytes:
-    """The spec by value where it matters, so a worker never re-runs the user's module.
-
-    `__main__` and closures are pickled by value anyway; the module defining the deployment
-    is too (its top level may call `asgiserve.run()` or build the server's app). Modules it
-    imports are imported by name in the worker, which shares this process's `sys.path`.
-    """
-    spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, backend=None))
-    resolve_annotations(spec.target)
-    name = getattr(spec.target, "__module__", None) or "__main__"
-    module = sys.modules.get(name)
-    module_file = getattr(module, "__file__", None)
-    by_value = (
-        module is not None
-        and module_file is not None
-        and name != "__main__"  # cloudpickle ships that by value anyway
-        and name.partition(".")[0] != "asgiserve"  # ours (DAGDriver): imported by name
-        and not installed(module_file)
-    )
-    if not by_value:
-        return dumps(spec)
-    cloudpickle.register_pickle_by_value(module)
-    try:
-        return dumps(spec)
-    finally:
-        cloudpickle.unregister_pickle_by_value(module)
 
 
 def forward_output(stream: IO[bytes], prefix: str) -> None:

@@ -8,10 +8,15 @@ in the memory it read them into instead of copying them out of the pickle.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
 import io
 import pickle
 import socket
 import struct
+import sys
+import sysconfig
 import threading
 import traceback
 from collections.abc import Callable
@@ -21,6 +26,8 @@ import cloudpickle
 from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.types import Message, Scope
+
+from asgiserve.backends.base import ReplicaSpec
 
 LENGTH = struct.Struct("!Q")  # a frame may hold arrays of several GiB
 COUNT = struct.Struct("!H")
@@ -57,6 +64,15 @@ def request_from(scope: Scope, body: bytes) -> Request:
     return request
 
 
+# What cloudpickle cannot ship as it is; our `Pickler` and the Ray backend both use these.
+REDUCERS: dict[type, Callable[[Any], tuple[Any, tuple[Any, ...]]]] = {
+    Request: reduce_request,
+    State: lambda state: (State, (dict(state._state),)),
+    type(threading.Lock()): lambda lock: (threading.Lock, ()),
+    type(threading.RLock()): lambda lock: (threading.RLock, ()),
+}
+
+
 class Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
     """cloudpickle, plus what apps and requests shipped to a worker hold.
 
@@ -66,13 +82,7 @@ class Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
 
     # One flat dict: the C pickler looks types up in it directly (a ChainMap costs a
     # Python call and a KeyError for every object that is not a builtin).
-    dispatch_table = {
-        **cloudpickle.CloudPickler.dispatch_table,
-        Request: reduce_request,
-        State: lambda state: (State, (dict(state._state),)),
-        type(threading.Lock()): lambda lock: (threading.Lock, ()),
-        type(threading.RLock()): lambda lock: (threading.RLock, ()),
-    }
+    dispatch_table = {**cloudpickle.CloudPickler.dispatch_table, **REDUCERS}
 
 
 BufferCallback = Callable[[pickle.PickleBuffer], bool]
@@ -143,6 +153,58 @@ def read_exactly(sock: socket.socket, size: int) -> bytearray:
             raise ConnectionError("the other end closed the connection")
         got += n
     return data
+
+
+def installed(module_file: str) -> bool:
+    paths = sysconfig.get_paths()
+    return module_file.startswith((paths["purelib"], paths["platlib"], paths["stdlib"]))
+
+
+def resolve_annotations(target: Any) -> None:
+    """Turn a class's string annotations into the objects they name, before shipping it.
+
+    A function shipped by value takes only the globals its code uses, so names used only in
+    annotations (`request: Request` under `from __future__ import annotations`) would be
+    missing in the worker, where FastAPI reads the signatures of class-based views again.
+    """
+    for klass in getattr(target, "__mro__", ())[:-1]:
+        for value in vars(klass).values():
+            annotations = getattr(value, "__annotations__", None)
+            if inspect.isfunction(value) and any(isinstance(a, str) for a in annotations or {}):
+                with contextlib.suppress(Exception):  # unresolvable: FastAPI will say so
+                    value.__annotations__ = inspect.get_annotations(value, eval_str=True)
+
+
+by_value_lock = threading.Lock()
+
+
+def pickle_spec(spec: ReplicaSpec) -> bytes:
+    """The spec by value where it matters, so a worker never re-runs the user's module.
+
+    `__main__` and closures are pickled by value anyway; the module defining the deployment
+    is too (its top level may call `asgiserve.run()` or build the server's app). Modules it
+    imports are imported by name in the worker, which shares this process's `sys.path`.
+    """
+    spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, backend=None))
+    resolve_annotations(spec.target)
+    name = getattr(spec.target, "__module__", None) or "__main__"
+    module = sys.modules.get(name)
+    module_file = getattr(module, "__file__", None)
+    by_value = (
+        module is not None
+        and module_file is not None
+        and name != "__main__"  # cloudpickle ships that by value anyway
+        and name.partition(".")[0] != "asgiserve"  # ours (DAGDriver): imported by name
+        and not installed(module_file)
+    )
+    if not by_value:
+        return dumps(spec)
+    with by_value_lock:  # replicas start side by side; registration is process-wide
+        cloudpickle.register_pickle_by_value(module)
+        try:
+            return dumps(spec)
+        finally:
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 def remote_error(exc: BaseException, where: str) -> BaseException:
