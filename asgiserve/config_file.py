@@ -116,10 +116,11 @@ class ConfigFile:
 
     def where(self, loc: Loc) -> str:
         """`file, line N: field`, for an error about the field at `loc`."""
-        line = self.lines.get(loc)
-        while line is None and loc:  # a missing field: point at what should hold it
-            loc = loc[:-1]
-            line = self.lines.get(loc)
+        holder = loc
+        line = self.lines.get(holder)
+        while line is None and holder:  # a missing field: point at what should hold it
+            holder = holder[:-1]
+            line = self.lines.get(holder)
         place = f"{self.path}, line {line}" if line is not None else str(self.path)
         return f"{place}: {dotted(loc)}" if loc else place
 
