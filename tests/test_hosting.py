@@ -434,6 +434,46 @@ def test_ctrl_c_to_the_process_group_is_graceful(project: Path, server: str) -> 
     assert gone(result["response"].json()["pid"])
 
 
+@pytest.mark.parametrize("server", SERVERS)
+def test_graceful_shutdown_timeout_limits_the_drain(project: Path, server: str) -> None:
+    """Past `graceful_shutdown_timeout_s` (the server's, and the deployment's for its
+    replicas) a request still running is cut short, and the command exits 0."""
+    port = free_port()
+    (project / "serve.yaml").write_text(
+        textwrap.dedent(f"""\
+            http_options:
+              port: {port}
+              graceful_shutdown_timeout_s: 0.5
+            applications:
+              - import_path: service:app
+                deployments:
+                  - name: Model
+                    graceful_shutdown_timeout_s: 0.5
+            """)
+    )
+    with running(project, "serve.yaml", "--server", server, port=port) as command:
+        command.wait_until_ready()
+        outcome: dict[str, object] = {}
+
+        def endless_request() -> None:
+            try:
+                outcome["status"] = httpx.get(command.url, params={"sleep": 60}, timeout=60)
+            except httpx.HTTPError as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=endless_request)
+        thread.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        command.process.send_signal(signal.SIGTERM)
+        code = command.wait(timeout=30)
+        stopped_after = time.monotonic() - started
+        thread.join(30)
+    assert code == 0
+    assert stopped_after < 15  # not the request's 60 s, nor the default 20 s drain
+    assert "error" in outcome or outcome["status"].status_code >= 500  # type: ignore[attr-defined]
+
+
 # -- several workers ---------------------------------------------------------------------
 
 
