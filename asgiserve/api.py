@@ -51,8 +51,13 @@ def run(
     if prefix is not None:
         chosen_router.check_prefix(prefix, name)  # before building any replica
     chosen_backend = backend or chosen_router.backend or backend_from_env() or "inprocess"
-    ingress, schedulers = deploy_graph(target, name, chosen_backend)
-    app = registry.RunningApp(name, prefix, chosen_router, ingress, schedulers)
+    app = registry.RunningApp(name, prefix, chosen_router, ingress="", deploying=True)
+    registry.deploying.append(app)
+    try:
+        app.ingress = deploy_graph(target, name, chosen_backend, app.schedulers)
+    finally:
+        registry.deploying.remove(app)
+    app.deploying = False
     old = registry.applications.get(name)
     registry.applications[name] = app
     if old is not None:
@@ -61,7 +66,7 @@ def run(
     if prefix is not None:
         chosen_router.add_route(prefix, app)
     register_exit_hook()
-    return DeploymentHandle(ingress, name)
+    return DeploymentHandle(app.ingress, name)
 
 
 async def close_app(app: registry.RunningApp) -> None:
@@ -98,13 +103,14 @@ def status() -> dict[str, Any]:
     return {
         "applications": {
             app.name: {
+                "status": "DEPLOYING" if app.deploying else "RUNNING",
                 "route_prefix": app.route_prefix,
                 "ingress": app.ingress,
                 "deployments": {
                     name: scheduler.status() for name, scheduler in app.schedulers.items()
                 },
             }
-            for app in registry.applications.values()
+            for app in registry.every_app()
         }
     }
 

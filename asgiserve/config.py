@@ -56,19 +56,47 @@ class DeploymentConfig:
 
 @dataclass
 class HTTPOptions:
-    """How the HTTP server is set up; read by the `asgiserve` command and by `Router`."""
+    """How the HTTP server is set up: the `asgiserve` command's settings, flags and config
+    file `http_options` alike.
+
+    `graceful_shutdown_timeout_s` is how long the server lets in-flight requests finish
+    after SIGTERM or SIGINT; `status_routes` switches the router's `/-/healthz` and
+    `/-/routes` on or off.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8000
     keep_alive_timeout_s: float = DEFAULT_KEEP_ALIVE_TIMEOUT_S
     request_timeout_s: float | None = None
     root_path: str = ""
+    graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
+    status_routes: bool = True
 
     def __post_init__(self) -> None:
         # As Serve's variable: the environment wins over the config file and the flags.
         from_env = os.environ.get(KEEP_ALIVE_ENV)
         if from_env:
-            self.keep_alive_timeout_s = float(from_env)
+            try:
+                self.keep_alive_timeout_s = float(from_env)
+            except ValueError:
+                raise ValueError(
+                    f"{KEEP_ALIVE_ENV} must be a number of seconds, got {from_env!r}"
+                ) from None
+        if not self.keep_alive_timeout_s > 0:
+            raise ValueError(
+                f"keep_alive_timeout_s must be above 0, got {self.keep_alive_timeout_s}"
+            )
+        if self.request_timeout_s is not None and not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be above 0, got {self.request_timeout_s}")
+        if not self.graceful_shutdown_timeout_s >= 0:
+            raise ValueError(
+                "graceful_shutdown_timeout_s must be 0 or more, "
+                f"got {self.graceful_shutdown_timeout_s}"
+            )
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if self.root_path and not self.root_path.startswith("/"):
+            raise ValueError(f"root_path must be empty or start with '/', got {self.root_path!r}")
 
 
 def backend_from_env() -> str | None:

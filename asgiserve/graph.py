@@ -22,14 +22,43 @@ def children(value: Any) -> list[Application]:
     return []
 
 
-def swap_handles(value: Any, names: dict[int, str], app_name: str) -> Any:
+def replace_apps(value: Any, replace: Callable[[Application], Any]) -> Any:
+    """`value` with each Application in it (inside lists, tuples, dicts) replaced."""
     if isinstance(value, Application):
-        return DeploymentHandle(names[id(value)], app_name)
+        return replace(value)
     if isinstance(value, (list, tuple)):
-        return type(value)(swap_handles(item, names, app_name) for item in value)
+        return type(value)(replace_apps(item, replace) for item in value)
     if isinstance(value, dict):
-        return {key: swap_handles(item, names, app_name) for key, item in value.items()}
+        return {key: replace_apps(item, replace) for key, item in value.items()}
     return value
+
+
+def swap_handles(value: Any, names: dict[int, str], app_name: str) -> Any:
+    return replace_apps(value, lambda app: DeploymentHandle(names[id(app)], app_name))
+
+
+def with_options(root: Application, options: dict[str, dict[str, Any]]) -> Application:
+    """A copy of the graph where the deployments named in `options` take those options
+    (a config file's per-deployment overrides); the user's graph is left as it was."""
+    copies: dict[int, Application] = {}
+    unknown = set(options)
+
+    def copy(app: Application) -> Application:
+        if id(app) not in copies:
+            deployment = app.deployment
+            if deployment.name in options:
+                unknown.discard(deployment.name)
+                deployment = deployment.options(**options[deployment.name])
+            args = replace_apps(app.args, copy)
+            kwargs = replace_apps(app.kwargs, copy)
+            copies[id(app)] = Application(deployment, args, kwargs)
+        return copies[id(app)]
+
+    copied = copy(root)
+    if unknown:
+        known = sorted({app.deployment.name for app in ordered(root)})
+        raise ValueError(f"no deployment named {sorted(unknown)} in the application (has {known})")
+    return copied
 
 
 def ordered(root: Application) -> list[Application]:
@@ -62,23 +91,29 @@ def unique_names(apps: list[Application]) -> dict[int, str]:
 
 
 def deploy_graph(
-    root: Application, app_name: str, backend: str | Backend
-) -> tuple[str, dict[str, Scheduler]]:
-    """Build every replica of the graph (blocking); returns the ingress name and schedulers.
+    root: Application,
+    app_name: str,
+    backend: str | Backend,
+    schedulers: dict[str, Scheduler],
+) -> str:
+    """Build every replica of the graph (blocking); returns the ingress deployment's name.
 
-    `backend` is the choice for deployments that name none themselves. If a constructor
-    raises, the replicas already built are stopped and the user's error propagates.
+    Every scheduler goes into `schedulers` before any replica is built, so progress can be
+    read from there meanwhile. `backend` is the choice for deployments that name none
+    themselves. If a constructor raises, the replicas already built are stopped and the
+    user's error propagates.
     """
     apps = ordered(root)
     names = unique_names(apps)
-    schedulers: dict[str, Scheduler] = {}
     try:
         for app in apps:
             name = names[id(app)]
             config = app.deployment.config.with_options(name=name)
             chosen = resolve_backend(config.backend or backend)
-            scheduler = Scheduler(app_name, config, chosen, spec_maker(app, names, app_name))
-            schedulers[name] = scheduler
+            schedulers[name] = Scheduler(
+                app_name, config, chosen, spec_maker(app, names, app_name)
+            )
+        for scheduler in list(schedulers.values()):
             scheduler.start_replicas()
     except BaseException:
         from asgiserve.loops import close_soon
@@ -86,7 +121,7 @@ def deploy_graph(
         for scheduler in schedulers.values():
             close_soon(scheduler.close())
         raise
-    return names[id(root)], schedulers
+    return names[id(root)]
 
 
 def spec_maker(

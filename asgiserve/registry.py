@@ -24,16 +24,45 @@ class Dispatcher(Protocol):
     async def handle(self, call: Call, receive: Receive, send: Send) -> None: ...
 
 
-@dataclass
+@dataclass(eq=False)
 class RunningApp:
     name: str
     route_prefix: str | None
     router: Router
     ingress: str
     schedulers: dict[str, Scheduler] = field(default_factory=dict)
+    deploying: bool = False  # `run()` is still building its replicas
+
+    def replicas_ready(self) -> tuple[int, int]:
+        """Replicas built and alive, and replicas wanted, over every deployment."""
+        ready = wanted = 0
+        for scheduler in list(self.schedulers.values()):
+            wanted += scheduler.config.num_replicas
+            ready += min(len(scheduler.slots), scheduler.config.num_replicas)
+        return ready, wanted
+
+    @property
+    def ready(self) -> bool:
+        ready, wanted = self.replicas_ready()
+        return not self.deploying and ready == wanted
+
+    def progress(self) -> str:
+        ready, wanted = self.replicas_ready()
+        if self.deploying and not wanted:
+            return f"{self.name}: waiting to deploy"
+        return f"{self.name}: {ready}/{wanted} replicas ready"
 
 
 applications: dict[str, RunningApp] = {}
+# Applications whose replicas `run()` is building (maybe in another thread), so that
+# `status()`, `/-/healthz` and the command's progress lines can see them.
+deploying: list[RunningApp] = []
+
+
+def every_app() -> list[RunningApp]:
+    """Running and deploying applications, one per name (the newest); safe from any thread."""
+    newest = {app.name: app for app in [*list(applications.values()), *list(deploying)]}
+    return list(newest.values())
 
 # Inside a worker process no application runs; handles reach theirs through the server.
 upstream: Callable[[str, str], Dispatcher] | None = None

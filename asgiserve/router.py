@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.convertors import Convertor
 from starlette.middleware import Middleware
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Match, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,6 +43,8 @@ access_log = logger
 
 # Keys that belong to the outer app; the ingress app is a top-level app of its own.
 OUTER_KEYS = ("app", "router", "endpoint", "route", "app_root_path", "path_params")
+# Answered by the router itself, before any prefix; `Router(status_routes=False)` stops that.
+STATUS_PATHS = ("/-/healthz", "/-/routes")
 
 
 @dataclass
@@ -83,8 +86,6 @@ def normalise_prefix(prefix: str) -> str:
     if not prefix.startswith("/"):
         raise ValueError(f"route_prefix must start with '/', got {prefix!r}")
     return prefix.rstrip("/") or "/"
-
-
 
 
 class Exchange:
@@ -150,11 +151,13 @@ class Router:
         request_timeout_s: float | None = None,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
         debug: bool = False,
+        status_routes: bool = True,
     ) -> None:
         self.backend = backend
         self.request_timeout_s = request_timeout_s
         self.max_body_size = max_body_size
         self.debug = debug
+        self.status_routes = status_routes  # `/-/healthz` and `/-/routes`
         self.routes: list[PrefixRoute] = []
         app: ASGIApp = self.dispatch
         for cls, args, kwargs in reversed(middleware or []):
@@ -183,6 +186,11 @@ class Router:
     def applications(self) -> list[registry.RunningApp]:
         return [app for app in registry.applications.values() if app.router is self]
 
+    def not_ready(self) -> list[str]:
+        """A progress line for each application on this router still short of replicas."""
+        mine = [app for app in registry.every_app() if app.router is self]
+        return [app.progress() for app in mine if not app.ready]
+
     # -- ASGI ------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -196,6 +204,9 @@ class Router:
         path = scope["path"]
         route_path = path[len(root_path) :] if root_path and path.startswith(root_path) else path
         exchange = Exchange(scope, send)
+        if self.status_routes and route_path in STATUS_PATHS and scope["type"] == "http":
+            await self.status_response(route_path, scope)(scope, receive, exchange.send)
+            return
         for route in self.routes:
             found = route.match(route_path)
             if found is not None:
@@ -340,6 +351,18 @@ class Router:
         scope.update(child_scope)
         await route.handle(scope, receive, send)
         return True
+
+    def status_response(self, path: str, scope: Scope) -> Response:
+        """`/-/healthz`: 200 once every application has all its replicas, else 503 saying
+        which have how many; `/-/routes`: route prefix -> application, as Serve answers."""
+        if scope["method"] not in ("GET", "HEAD"):
+            return PlainTextResponse("Method Not Allowed", 405, {"allow": "GET, HEAD"})
+        if path == "/-/routes":
+            return JSONResponse({route.prefix: route.app.name for route in reversed(self.routes)})
+        waiting = self.not_ready()
+        if waiting:
+            return PlainTextResponse("\n".join(waiting) + "\n", 503, {"retry-after": "1"})
+        return PlainTextResponse("success")
 
     def error_response(self, exc: Exception, request_id: str, app_name: str) -> ASGIApp:
         if isinstance(exc, RequestTimeoutError):

@@ -91,15 +91,21 @@ class Scheduler:
         specs = [self.make_spec(self.next_replica_id()) for _ in range(missing)]
         if not self.backend.starts_in_parallel or missing < 2:
             for spec in specs:
-                self.slots.append(Slot(self.backend.start_replica(spec)))
+                self.add_slot(Slot(self.backend.start_replica(spec)))
             return
         with concurrent.futures.ThreadPoolExecutor(missing) as pool:
             starts = [pool.submit(self.backend.start_replica, spec) for spec in specs]
-        self.slots += [Slot(start.result()) for start in starts if start.exception() is None]
+            for start in concurrent.futures.as_completed(starts):  # each counts as it is up
+                if start.exception() is None:
+                    self.add_slot(Slot(start.result()))
         for start in starts:
             error = start.exception()
             if error is not None:
                 raise error
+
+    def add_slot(self, slot: Slot) -> None:
+        with self.lock:
+            self.slots = [*self.slots, slot]
 
     async def ensure_started(self) -> None:
         """Replicas start on first use (and on the router's lifespan startup), once.
@@ -287,8 +293,7 @@ class Scheduler:
                 await replica.stop(0)
                 break
             slot = Slot(replica, started=True, born=loop.time())
-            with self.lock:
-                self.slots = [*self.slots, slot]
+            self.add_slot(slot)
             while self.waiters and slot.in_flight < self.config.max_ongoing_requests:
                 slot.in_flight += 1
                 self.hand_to_waiter(slot)

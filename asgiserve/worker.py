@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import pickle
+import signal
 import socket
 import sys
 import threading
@@ -116,6 +117,9 @@ async def serve(sock: socket.socket, spec_data: bytes) -> None:
 
 
 def main() -> None:
+    # Ctrl-C reaches the whole process group; the server, not the signal, stops a worker,
+    # after its in-flight calls have finished.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(sys.argv[1]))
     os.environ.pop(BACKEND_ENV, None)  # this process's own deployments, if any, stay in it
     threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()

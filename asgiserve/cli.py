@@ -1,0 +1,181 @@
+"""The `asgiserve` command (also `python -m asgiserve`).
+
+`asgiserve run TARGET` serves a bound application, an ASGI app or a config file with
+uvicorn or Hypercorn, as `serve run` does for Ray Serve. Settings come, weakest first,
+from the defaults, the config file's `http_options`, the flags, and for the keep-alive
+timeout the `ASGISERVE_HTTP_KEEP_ALIVE_TIMEOUT_S` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from asgiserve import __version__, config_file
+from asgiserve.config import BACKEND_ENV, KEEP_ALIVE_ENV, HTTPOptions
+from asgiserve.host import RunSpec, TargetError, cwd_importable
+from asgiserve.servers import SERVERS, ServerMissing, serve
+
+USAGE_ERROR = 2  # as argparse exits on a bad flag
+DEFAULTS = {field.name: field.default for field in dataclasses.fields(HTTPOptions)}
+# Flags that set an `HTTPOptions` field of the same name; unset ones leave the file's value.
+HTTP_FLAGS = ("host", "port", "keep_alive_timeout_s", "request_timeout_s", "root_path",
+              "graceful_shutdown_timeout_s")  # fmt: skip
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asgiserve", description="Serve asgiserve applications over HTTP."
+    )
+    parser.add_argument("--version", action="version", version=f"asgiserve {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser(
+        "run",
+        help="serve a bound application, an ASGI app or a config file",
+        description=(
+            "Serve TARGET with uvicorn or Hypercorn until SIGTERM or SIGINT, which let "
+            "in-flight requests finish and stop every replica. TARGET is module:application "
+            "(a bound application, deployed on the default router), module:app (your ASGI "
+            "app, which mounts the router) or a config file (.yaml, .yml, .json). Flags win "
+            "over the config file's http_options."
+        ),
+    )
+    run.add_argument("target", metavar="TARGET", help="module:application, module:app or a file")
+    run.add_argument(
+        "--server", choices=SERVERS, default="uvicorn", help="the HTTP server (default: uvicorn)"
+    )
+    run.add_argument("--host", help=f"address to listen on (default: {DEFAULTS['host']})")
+    run.add_argument("--port", type=int, help=f"port to listen on (default: {DEFAULTS['port']})")
+    run.add_argument(
+        "--backend",
+        choices=("inprocess", "subprocess", "ray"),
+        help=(
+            "where replicas run, for deployments that choose none "
+            f"(default: ${BACKEND_ENV}, else inprocess)"
+        ),
+    )
+    run.add_argument(
+        "--name",
+        default="default",
+        help="the application's name, for a module:application TARGET (default: default)",
+    )
+    run.add_argument(
+        "--route-prefix",
+        help=(
+            "where a module:application TARGET is served (default: the deployment's "
+            "route_prefix, else /)"
+        ),
+    )
+    run.add_argument(
+        "--keep-alive-timeout-s",
+        type=float,
+        metavar="SECONDS",
+        help=(
+            "close idle keep-alive connections after this long "
+            f"(default: {DEFAULTS['keep_alive_timeout_s']:g}; ${KEEP_ALIVE_ENV} wins over it)"
+        ),
+    )
+    run.add_argument(
+        "--request-timeout-s",
+        type=float,
+        metavar="SECONDS",
+        help="answer 504 to a request not answered within this long (default: no limit)",
+    )
+    run.add_argument(
+        "--graceful-shutdown-timeout-s",
+        type=float,
+        metavar="SECONDS",
+        help=(
+            "on SIGTERM or SIGINT, let in-flight requests finish within this long "
+            f"(default: {DEFAULTS['graceful_shutdown_timeout_s']:g})"
+        ),
+    )
+    run.add_argument(
+        "--root-path",
+        metavar="PATH",
+        help="the path a reverse proxy serves the app under, such as /api (default: none)",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help=(
+            "server processes; each deploys its own replicas on the inprocess and "
+            "subprocess backends (default: 1)"
+        ),
+    )
+    run.add_argument(
+        "--no-status-routes",
+        dest="status_routes",
+        action="store_false",
+        default=None,
+        help="do not answer GET /-/healthz and GET /-/routes (default: answer them)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    flags = {name: getattr(args, name) for name in HTTP_FLAGS if getattr(args, name) is not None}
+    if args.status_routes is not None:
+        flags["status_routes"] = args.status_routes
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.route_prefix is not None and not args.route_prefix.startswith("/"):
+        parser.error(f"--route-prefix must start with '/', got {args.route_prefix!r}")
+    try:
+        if config_file.is_config_file(args.target):
+            http = config_file.load(args.target).http_options(**flags)
+        else:
+            http = HTTPOptions(**flags)
+            if args.workers > 1:  # each worker imports it; say now if none could
+                check_importable(args.target)
+    except (config_file.ConfigError, TargetError) as exc:
+        return error(exc)
+    except ValueError as exc:  # a flag HTTPOptions refuses, or the environment variable
+        parser.error(str(exc))
+    spec = RunSpec(
+        target=args.target,
+        server=args.server,
+        http=http,
+        backend=args.backend,
+        name=args.name,
+        route_prefix=args.route_prefix,
+        workers=args.workers,
+    )
+    # uvicorn puts back the handler it found and raises the signal again once it has shut
+    # down; ours exits quietly (and with 0) instead of dying of it. Before the server runs,
+    # the same handler stops an import that deploys for too long.
+    signal.signal(signal.SIGTERM, exit_quietly)
+    signal.signal(signal.SIGINT, exit_quietly)
+    try:
+        return serve(spec)
+    except (config_file.ConfigError, TargetError, ServerMissing) as exc:
+        return error(exc)
+
+
+def exit_quietly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def error(exc: Exception) -> int:
+    print(f"asgiserve run: error: {exc}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def check_importable(target: str) -> None:
+    module = target.partition(":")[0]
+    cwd_importable()
+    try:
+        found = importlib.util.find_spec(module)
+    except ModuleNotFoundError:
+        found = None
+    if found is None or ":" not in target:
+        raise TargetError(f"cannot find module {module!r} for {target!r} (or it is no module:attr)")

@@ -1,0 +1,113 @@
+"""uvicorn and Hypercorn, run the way `asgiserve run` needs: keep-alive, graceful shutdown
+and root path from `HTTPOptions`, and `--workers N` as N server processes.
+
+Each server handles SIGTERM and SIGINT itself: it stops accepting, lets in-flight requests
+finish within `graceful_shutdown_timeout_s`, then runs the lifespan shutdown, where
+`Host` stops the replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from asgiserve.config import HTTPOptions
+from asgiserve.host import DEPLOY_FAILED, SPEC_ENV, Host, RunSpec
+
+SERVERS = ("uvicorn", "hypercorn")
+# Each worker process builds its app from this import string and `SPEC_ENV`.
+WORKER_APP = "asgiserve.host:worker_app"
+# Hypercorn's own limit on the lifespan shutdown, beyond the replicas' drain.
+LIFESPAN_SHUTDOWN_MARGIN_S = 60.0
+
+
+class ServerMissing(RuntimeError):
+    """The chosen server is not installed; the message names the extra that brings it."""
+
+
+def serve(spec: RunSpec) -> int:
+    """Serve until SIGTERM or SIGINT; returns the exit code."""
+    if spec.workers > 1:
+        os.environ[SPEC_ENV] = spec.to_json()  # spawned workers inherit the environment
+    if spec.server == "uvicorn":
+        return run_uvicorn(spec)
+    if spec.server == "hypercorn":
+        return run_hypercorn(spec)
+    raise ValueError(f"unknown server {spec.server!r}; choose one of {SERVERS}")
+
+
+def require(server: str) -> None:
+    try:
+        __import__(server)
+    except ImportError:
+        raise ServerMissing(
+            f"{server} is not installed; pip install 'asgiserve[{server}]'"
+        ) from None
+
+
+def bind_address(options: HTTPOptions) -> str:
+    host = f"[{options.host}]" if ":" in options.host else options.host
+    return f"{host}:{options.port}"
+
+
+def uvicorn_config(app: Any, options: HTTPOptions, **extra: Any) -> Any:
+    """A `uvicorn.Config` with the options; `extra` goes to it as it is."""
+    require("uvicorn")
+    import uvicorn
+
+    # uvicorn declares whole seconds but waits with `loop.call_later`: fractions work.
+    seconds: Any = {
+        "timeout_keep_alive": options.keep_alive_timeout_s,
+        "timeout_graceful_shutdown": options.graceful_shutdown_timeout_s,
+    }
+    return uvicorn.Config(
+        app, host=options.host, port=options.port, root_path=options.root_path, **seconds, **extra
+    )
+
+
+def hypercorn_config(options: HTTPOptions) -> Any:
+    """A `hypercorn.config.Config` with the options."""
+    require("hypercorn")
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [bind_address(options)]
+    config.keep_alive_timeout = options.keep_alive_timeout_s
+    config.graceful_timeout = options.graceful_shutdown_timeout_s
+    config.shutdown_timeout = options.graceful_shutdown_timeout_s + LIFESPAN_SHUTDOWN_MARGIN_S
+    config.root_path = options.root_path
+    return config
+
+
+def run_uvicorn(spec: RunSpec) -> int:
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    if spec.workers == 1:
+        config = uvicorn_config(Host(spec), spec.http, lifespan="on")
+        server = uvicorn.Server(config)
+        server.run()
+        return 0 if server.started else DEPLOY_FAILED
+    config = uvicorn_config(
+        WORKER_APP, spec.http, lifespan="on", factory=True, workers=spec.workers
+    )
+    supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+    supervisor.run()
+    failed = any(process.exitcode == DEPLOY_FAILED for process in supervisor.processes)
+    return DEPLOY_FAILED if failed else 0
+
+
+def run_hypercorn(spec: RunSpec) -> int:
+    config = hypercorn_config(spec.http)
+    if spec.workers == 1:
+        from hypercorn.asyncio import serve as hypercorn_serve
+
+        app: Any = Host(spec)
+        asyncio.run(hypercorn_serve(app, config))
+        return 0
+    from hypercorn.run import run
+
+    config.application_path = WORKER_APP + "()"  # Hypercorn evaluates the attribute part
+    config.workers = spec.workers
+    return int(run(config))
