@@ -107,7 +107,7 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="N",
         help=(
             "server processes; each deploys its own replicas on the inprocess and "
-            "subprocess backends (default: 1)"
+            "subprocess backends, and they share one set on the ray backend (default: 1)"
         ),
     )
     run.add_argument(

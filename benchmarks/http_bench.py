@@ -53,7 +53,7 @@ PAIRS = {
     "fastapi-asgiserve": "fastapi",
     "asgiserve-subprocess": "ray-serve",
     "asgiserve-ray": "ray-serve",
-    "asgiserve-ray-wide": "ray-serve",
+    "asgiserve-ray-wide": "ray-serve-wide",
 }
 STOP_TIMEOUT = 15.0  # seconds a uvicorn server gets to stop after SIGINT
 
@@ -67,6 +67,7 @@ class Competitor:
     module: str  # importable in the competitors venv when it is set up
     path: str = "/"  # where the framework serves by default
     post: bool = False  # POST `{}` as JSON (LitServe's default endpoint) instead of GET
+    args: tuple[str, ...] = ()  # more arguments for the script
     startup_timeout: float = 120.0  # Ray starts a whole local cluster before it answers
     stop_timeout: float = 60.0  # Ray shuts Serve and the cluster down before it exits
 
@@ -75,6 +76,10 @@ COMPETITORS_DIR = HERE / "competitors"
 DEFAULT_COMPETITORS_VENV = Path("/tmp/asgiserve-competitors-venv")
 COMPETITORS = {
     "ray-serve": Competitor("Ray Serve", "ray_serve_app.py", "ray"),
+    # Its default max_ongoing_requests (5) collapses at 64 connections; this one does not.
+    "ray-serve-wide": Competitor(
+        "Ray Serve", "ray_serve_app.py", "ray", args=("--max-ongoing-requests", "100")
+    ),
     "litserve": Competitor("LitServe", "litserve_app.py", "litserve", "/predict", post=True),
 }
 # Apps the targets apply to: asgiserve mounted in Starlette, against bare Starlette.
@@ -205,8 +210,9 @@ def runnable(options: Options, out: TextIO) -> Options:
 
 def server_command(app: str, port: int) -> list[str]:
     if app in COMPETITORS:
-        script = COMPETITORS_DIR / COMPETITORS[app].script
-        return [str(competitors_python()), str(script), "--port", str(port)]
+        competitor = COMPETITORS[app]
+        script = COMPETITORS_DIR / competitor.script
+        return [str(competitors_python()), str(script), "--port", str(port), *competitor.args]
     return [
         sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "--factory",
         f"apps:{FACTORIES[app]}", "--host", HOST, "--port", str(port), *uvicorn_settings(),

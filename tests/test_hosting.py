@@ -386,12 +386,18 @@ def test_keep_alive_default_is_five_seconds(project: Path) -> None:
 # -- graceful shutdown -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("backend", ["inprocess", "subprocess"])
+@pytest.mark.parametrize("backend", ["inprocess", "subprocess", "ray"])
 @pytest.mark.parametrize("server", SERVERS)
 def test_sigterm_lets_the_request_in_flight_finish(
-    project: Path, server: str, backend: str
+    project: Path, server: str, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    with running(project, "service:app", "--server", server, "--backend", backend) as command:
+    env = {}
+    if backend == "ray":  # the session's Ray: the command's actors live there
+        pytest.importorskip("ray")
+        ray = request.getfixturevalue("ray_cluster")
+        env["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    flags = ("--server", server, "--backend", backend)
+    with running(project, "service:app", *flags, **env) as command:
         command.wait_until_ready()
         result: dict[str, httpx.Response] = {}
 

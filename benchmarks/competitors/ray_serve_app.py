@@ -2,8 +2,9 @@
 
 Runs only with the competitors venv's python (benchmarks/competitors/setup.sh), never with
 the project's: `<venv>/bin/python ray_serve_app.py --port N`. One deployment, Ray Serve's
-default settings (one replica, default `max_ongoing_requests`, proxy and logging as they
-come), its HTTP proxy on 127.0.0.1:N. Blocks until SIGTERM or SIGINT, then shuts Serve and
+default settings (one replica, default `max_ongoing_requests` unless
+`--max-ongoing-requests N` is given, proxy and logging as they come), its HTTP proxy on
+127.0.0.1:N. Blocks until SIGTERM or SIGINT, then shuts Serve and
 Ray down so that none of the processes Ray started outlives the measurement.
 """
 
@@ -34,10 +35,13 @@ class Noop:
         return HELLO
 
 
-def parse_port() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, required=True)
-    return int(parser.parse_args().port)
+    parser.add_argument(
+        "--max-ongoing-requests", type=int, default=None, help="default: Ray Serve's own"
+    )
+    return parser.parse_args()
 
 
 def wait_for_signal() -> None:
@@ -48,15 +52,18 @@ def wait_for_signal() -> None:
     stopping.wait()
 
 
-def serve_until_signal(application: Any, path: str) -> None:
-    """Serve `application` at `/` on `--port` until SIGTERM or SIGINT, then stop Ray."""
-    port = parse_port()
+def serve_until_signal(deployment: Any, path: str) -> None:
+    """Serve `deployment` at `/` on `--port` until SIGTERM or SIGINT, then stop Ray."""
+    args = parse_args()
+    port = int(args.port)
+    if args.max_ongoing_requests is not None:
+        deployment = deployment.options(max_ongoing_requests=args.max_ongoing_requests)
     # Ray's own processes (GCS, raylet, workers) talk to each other on the node's address;
     # keep that on loopback too, like the HTTP proxy.
     ray.init(_node_ip_address=HOST)
     try:
         serve.start(http_options={"host": HOST, "port": port})
-        serve.run(application, route_prefix="/")
+        serve.run(deployment.bind(), route_prefix="/")
         print(f"ray-serve ready on http://{HOST}:{port}{path}", flush=True)
         wait_for_signal()
     finally:
@@ -65,7 +72,7 @@ def serve_until_signal(application: Any, path: str) -> None:
 
 
 def main() -> None:
-    serve_until_signal(Noop.bind(), "/")
+    serve_until_signal(Noop, "/")
 
 
 if __name__ == "__main__":

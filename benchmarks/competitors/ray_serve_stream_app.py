@@ -39,7 +39,7 @@ class Streamer:
 
 
 def main() -> None:
-    serve_until_signal(Streamer.bind(), "/stream")
+    serve_until_signal(Streamer, "/stream")
 
 
 if __name__ == "__main__":
