@@ -37,7 +37,11 @@ from asgiserve import registry
 from asgiserve.backends.base import RESULT, Backend, Call, Replica, ReplicaSpec
 from asgiserve.backends.wire import REDUCERS, pickle_spec, remote_error, wire_scope
 from asgiserve.config import BACKEND_ENV
-from asgiserve.exceptions import DeploymentUnavailableError, ReplicaDiedError
+from asgiserve.exceptions import (
+    DeploymentUnavailableError,
+    ReplicaDiedError,
+    RequestCancelledError,
+)
 from asgiserve.replica import ReplicaRuntime, drain
 
 try:
@@ -73,6 +77,7 @@ class Exchange:
     """One call running in a replica; its outgoing messages wait here for the server."""
 
     def __init__(self, runtime: ReplicaRuntime, call: Call, first: Message | None) -> None:
+        self.request_id = call.request_id
         self.first = first
         self.outbox: list[Message] = []
         self.changed = asyncio.Event()
@@ -119,8 +124,8 @@ class Exchange:
         messages, self.outbox = self.outbox, []
         if not self.task.done():
             return messages, False, None
-        if self.task.cancelled():
-            return messages, True, asyncio.CancelledError()
+        if self.task.cancelled():  # by the replica's shutdown: the caller did not ask for it
+            return messages, True, RequestCancelledError(f"call {self.request_id} was cancelled")
         return messages, True, self.error
 
     async def cancel(self) -> None:
