@@ -21,28 +21,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
-import pickle
 import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.types import Message, Receive, Send
 
-from asgiserve import registry
-from asgiserve.backends.base import RESULT, Backend, Call, Replica, ReplicaSpec
-from asgiserve.backends.wire import REDUCERS, pickle_spec, remote_error, wire_scope
-from asgiserve.config import BACKEND_ENV
-from asgiserve.exceptions import (
-    DeploymentUnavailableError,
-    ReplicaDiedError,
-    RequestCancelledError,
-)
-from asgiserve.replica import ReplicaRuntime, drain
+from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
+from asgiserve.backends.wire import pickle_spec, wire_scope
+from asgiserve.exceptions import DeploymentUnavailableError, ReplicaDiedError
 
 try:
     import ray
@@ -52,163 +42,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "the ray backend needs Ray, which is not installed: pip install 'asgiserve[ray]'"
     ) from exc
 
+from asgiserve.backends.ray_actor import PULL, ReplicaActor, register_serializers
+
 NAMESPACE = "asgiserve"
-PULL = "asgiserve.pull"  # the replica awaits `receive()`: the server answers with `deliver`
 RELEASE_WAIT_S = 10.0  # how long a stopped actor's name may take to become free again
-
-Batch = tuple[list[Message], bool, BaseException | None]  # messages, finished, error
-
-
-def rebuild(reduced: tuple[Any, tuple[Any, ...]]) -> Any:
-    function, args = reduced
-    return function(*args)
-
-
-def register_serializers() -> None:
-    """Teach Ray's pickler what ours knows (requests passed to handles, app state, locks)."""
-    for cls, reducer in REDUCERS.items():
-        ray.util.register_serializer(cls, serializer=reducer, deserializer=rebuild)
-
-
-# -- inside the actor ----------------------------------------------------------------------
-
-
-class Exchange:
-    """One call running in a replica; its outgoing messages wait here for the server."""
-
-    def __init__(self, runtime: ReplicaRuntime, call: Call, first: Message | None) -> None:
-        self.request_id = call.request_id
-        self.first = first
-        self.outbox: list[Message] = []
-        self.changed = asyncio.Event()
-        self.inbox: asyncio.Future[Message] | None = None
-        self.error: BaseException | None = None
-        self.task = asyncio.ensure_future(self.run(runtime, call))
-
-    async def run(self, runtime: ReplicaRuntime, call: Call) -> None:
-        try:
-            await runtime.handle(call, self.receive, self.send)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
-            self.error = remote_error(exc, f"replica {runtime.replica_id}")
-        finally:
-            self.changed.set()
-
-    async def receive(self) -> Message:
-        if self.first is not None:
-            message, self.first = self.first, None
-            return message
-        self.inbox = asyncio.get_running_loop().create_future()
-        await self.send({"type": PULL})
-        return await self.inbox
-
-    async def send(self, message: Message) -> None:
-        self.outbox.append(message)
-        self.changed.set()
-
-    def worth_sending(self) -> bool:
-        """Done, or holding a message the server should have now.
-
-        A lone response start waits for its body (one message less) and a result for the
-        end of its call, which follows at once.
-        """
-        if self.task.done():
-            return True
-        return bool(self.outbox) and self.outbox[-1]["type"] not in ("http.response.start", RESULT)
-
-    async def batch(self) -> Batch:
-        while not self.worth_sending():
-            self.changed.clear()
-            await self.changed.wait()
-        messages, self.outbox = self.outbox, []
-        if not self.task.done():
-            return messages, False, None
-        if self.task.cancelled():  # by the replica's shutdown: the caller did not ask for it
-            return messages, True, RequestCancelledError(f"call {self.request_id} was cancelled")
-        return messages, True, self.error
-
-    async def cancel(self) -> None:
-        """Cancel the user's code and wait until it has really stopped."""
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait((self.task,))
-
-
-class ReplicaActor:
-    """The actor class: a `ReplicaRuntime` and the calls in progress on it."""
-
-    def __init__(self, owner: str, path: list[str], spec_data: bytes) -> None:
-        os.environ.pop(BACKEND_ENV, None)  # this process's own deployments, if any, stay in it
-        sys.path += [entry for entry in path if entry not in sys.path]
-        register_serializers()
-        registry.upstream = RayUpstream
-        self.owner = owner
-        self.name = "replica"
-        self.exchanges: dict[str, Exchange] = {}
-        self.started = False
-        self.error: BaseException | None = None
-        try:
-            spec = pickle.loads(spec_data)
-            self.name = f"{spec.deployment_name} replica {spec.replica_id}"
-            self.runtime = ReplicaRuntime(spec)
-        except BaseException as exc:
-            self.error = remote_error(exc, "the replica's constructor")
-
-    def __repr__(self) -> str:  # Ray prefixes the actor's output with this
-        return self.name
-
-    async def ready(self) -> tuple[str, BaseException | None]:
-        return self.owner, self.error
-
-    async def start(self) -> None:
-        if not self.started:  # once, though every server sharing the actor asks
-            self.started = True
-            await self.runtime.start()
-
-    async def begin(self, call: Call, first: Message | None) -> Batch:
-        exchange = self.exchanges[call.request_id] = Exchange(self.runtime, call, first)
-        try:
-            batch = await exchange.batch()
-        except asyncio.CancelledError:
-            await exchange.cancel()
-            raise
-        finally:
-            if exchange.task.done():
-                self.exchanges.pop(call.request_id, None)
-        return batch
-
-    async def more(self, request_id: str) -> AsyncIterator[Batch]:
-        exchange = self.exchanges[request_id]
-        try:
-            while True:
-                batch = await exchange.batch()
-                yield batch
-                if batch[1]:
-                    return
-        except asyncio.CancelledError:
-            await exchange.cancel()
-            raise
-        finally:
-            if exchange.task.done():
-                self.exchanges.pop(request_id, None)
-
-    async def deliver(self, request_id: str, message: Message) -> None:
-        exchange = self.exchanges.get(request_id)
-        if exchange is not None and exchange.inbox is not None and not exchange.inbox.done():
-            exchange.inbox.set_result(message)
-
-    async def cancel(self, request_id: str) -> None:
-        exchange = self.exchanges.pop(request_id, None)
-        if exchange is not None:
-            await exchange.cancel()
-
-    async def check_health(self) -> None:
-        await self.runtime.check_health()
-
-    async def stop(self, timeout_s: float) -> None:
-        await drain({exchange.task for exchange in self.exchanges.values()}, timeout_s)
-        await self.runtime.stop(timeout_s)
 
 
 class RayUpstream:
@@ -246,9 +83,6 @@ class RayUpstream:
                 self.replicas = [other for other in self.replicas if other is not replica]
                 if exc.sent:
                     raise
-
-
-# -- in the server -------------------------------------------------------------------------
 
 
 class Pulls:
@@ -389,7 +223,7 @@ class RayReplica(Replica):
 
 @functools.cache
 def actor_class() -> Any:
-    return ray.remote(ReplicaActor)
+    return ray.remote(ReplicaActor)  # once: Ray ships the class to the cluster with it
 
 
 def kill(actor: Any, name: str) -> None:
@@ -456,7 +290,7 @@ class RayBackend(Backend):
         options = dict(spec.config.ray_actor_options or {})
         actor = actor_class().options(
             name=name, namespace=NAMESPACE, get_if_exists=True, **options
-        ).remote(self.owner, list(sys.path), pickle_spec(spec))
+        ).remote(self.owner, RayUpstream, list(sys.path), pickle_spec(spec))
         try:
             owner, error = ray.get(actor.ready.remote())
         except RayActorError as exc:
