@@ -12,7 +12,6 @@ import asyncio
 import dataclasses
 import importlib
 import json
-import logging
 import os
 import sys
 import threading
@@ -22,18 +21,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from asgiserve import config_file, registry
 from asgiserve.api import UNSET, router, run, shutdown_async
 from asgiserve.config import HTTPOptions
 from asgiserve.deployment import Application, Deployment
 from asgiserve.graph import with_options
+from asgiserve.replica import Lifespan
 from asgiserve.router import Router
 
 T = TypeVar("T")
-
-logger = logging.getLogger("asgiserve")
 
 SPEC_ENV = "ASGISERVE_RUN_SPEC"  # how `--workers N` hands the command's settings to each worker
 # A deployment that cannot start fails the command, as `serve run` does. uvicorn's and
@@ -208,43 +206,6 @@ async def in_daemon_thread(work: Callable[[], T]) -> T:
 
     threading.Thread(target=target, name="asgiserve-deploy", daemon=True).start()
     return await future
-
-
-class Lifespan:
-    """The served app's own lifespan, driven as a server drives it; an app that raises or
-    returns before starting up has none (the servers' "auto" mode)."""
-
-    def __init__(self, app: ASGIApp, scope: Scope) -> None:
-        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
-        self.outbox: asyncio.Queue[Message | None] = asyncio.Queue()
-        self.supported = True
-        self.started = False
-        self.task = asyncio.ensure_future(self.run(app, scope))
-
-    async def run(self, app: ASGIApp, scope: Scope) -> None:
-        try:
-            await app(scope, self.inbox.get, self.outbox.put)
-        except Exception:
-            if self.started:
-                logger.exception("the app's lifespan raised")
-        finally:
-            self.outbox.put_nowait(None)
-
-    async def startup(self) -> None:
-        await self.inbox.put({"type": "lifespan.startup"})
-        message = await self.outbox.get()
-        if message is None:
-            self.supported = False
-        elif message["type"] == "lifespan.startup.failed":
-            raise RuntimeError(message.get("message") or "the app's lifespan startup failed")
-        else:
-            self.started = True
-
-    async def shutdown(self) -> None:
-        if self.supported:
-            await self.inbox.put({"type": "lifespan.shutdown"})
-            await self.outbox.get()
-        await asyncio.wait((self.task,), timeout=1)
 
 
 class Host:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import inspect
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ from asgiserve.backends.base import ITEM, RESULT, Call, Replica, ReplicaSpec
 from asgiserve.ingress import build_app, ingress_app
 from asgiserve.loops import on_loop
 from asgiserve.responses import error_response, to_response
+
+logger = logging.getLogger("asgiserve")
 
 
 def takes_arguments(fn: Callable[..., Any]) -> bool:
@@ -117,21 +120,29 @@ class NoHTTP:
 
 
 class Lifespan:
-    """Runs an ingress app's ASGI lifespan (startup and shutdown events) inside the replica."""
+    """Drives an app's ASGI lifespan (startup and shutdown events) as a server does.
 
-    def __init__(self, app: ASGIApp) -> None:
+    An ingress app's runs inside its replica, with a scope of its own; `asgiserve run`
+    drives the served app's with the server's scope, so its `state` reaches requests. An
+    app without lifespan support (it raises, or returns, at once) has none.
+    """
+
+    def __init__(self, app: ASGIApp, scope: Scope | None = None) -> None:
         self.app = app
-        self.state: dict[str, Any] = {}
+        self.scope = scope or {"type": "lifespan", "asgi": {"version": "3.0"}}
+        self.state: dict[str, Any] = self.scope.setdefault("state", {})
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.replies: asyncio.Queue[Message] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.started = False
 
     async def run(self) -> None:
-        scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": self.state}
         try:
-            await self.app(scope, self.receive, self.replies.put)
+            await self.app(self.scope, self.receive, self.replies.put)
         except BaseException as exc:  # an app without lifespan support raises here
+            if self.started:
+                logger.exception("the app's lifespan raised")
             await self.replies.put({"type": "asgiserve.lifespan.unsupported", "error": exc})
 
     async def receive(self) -> Message:
@@ -146,12 +157,13 @@ class Lifespan:
         await self.inbox.put({"type": f"lifespan.{event}"})
         reply = await self.replies.get()
         if reply["type"].endswith(".failed"):
-            raise RuntimeError(f"ingress app {event} failed: {reply.get('message', '')}")
+            raise RuntimeError(f"the app's lifespan {event} failed: {reply.get('message', '')}")
 
     async def startup(self) -> None:
         self.loop = asyncio.get_running_loop()
         self.task = self.loop.create_task(self.run())
         await self.send("startup")
+        self.started = True
 
     async def shutdown(self) -> None:
         """Runs on the loop that ran startup, from whichever loop asks."""
