@@ -32,7 +32,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -191,21 +191,25 @@ def competitor_missing(app: str) -> str | None:
     return None
 
 
-def runnable(options: Options, out: TextIO) -> Options:
-    """`options` without the competitors whose venv is not set up, with a note for each:
-    they are optional, so a missing one is skipped, not an error."""
-    apps = []
-    for app in options.apps:
-        reason = competitor_missing(app) if app in COMPETITORS else None
+def without_missing(apps: list[str], competitors: Collection[str], out: TextIO) -> list[str]:
+    """`apps` without the `competitors` whose venv is not set up, with a note for each: they
+    are optional, so a missing one is skipped, not an error."""
+    kept = []
+    for app in apps:
+        reason = competitor_missing(app) if app in competitors else None
         if reason is None:
-            apps.append(app)
+            kept.append(app)
         else:
             print(
                 f"skipping {app}: {reason}; run benchmarks/competitors/setup.sh"
                 " (set COMPETITORS_VENV for a venv elsewhere)",
                 file=out,
             )
-    return replace(options, apps=apps)
+    return kept
+
+
+def runnable(options: Options, out: TextIO) -> Options:
+    return replace(options, apps=without_missing(options.apps, COMPETITORS, out))
 
 
 def server_command(app: str, port: int) -> list[str]:

@@ -39,11 +39,11 @@ from http_bench import (  # noqa: E402
     HOST,
     STOP_TIMEOUT,
     Competitor,
-    competitor_missing,
     competitors_python,
     free_port,
     in_session,
     uvicorn_settings,
+    without_missing,
 )
 from stream_apps import CHUNK, FACTORIES  # noqa: E402
 
@@ -154,22 +154,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def runnable(apps: list[str]) -> list[str]:
-    """`apps` without the competitors whose venv is not set up, with a note for each: they
-    are optional, so a missing one is skipped, not an error."""
-    kept = []
-    for app in apps:
-        reason = competitor_missing(app) if app in STREAM_COMPETITORS else None
-        if reason is None:
-            kept.append(app)
-        else:
-            print(
-                f"skipping {app}: {reason}; run benchmarks/competitors/setup.sh"
-                " (set COMPETITORS_VENV for a venv elsewhere)"
-            )
-    return kept
-
-
 def parse_args() -> argparse.Namespace:
     known = [*FACTORIES, *STREAM_COMPETITORS]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -225,7 +209,7 @@ def pair_line(rates: dict[str, list[float]]) -> str | None:
 
 def main() -> None:
     options = parse_args()
-    apps = runnable(options.apps)
+    apps = without_missing(options.apps, STREAM_COMPETITORS, sys.stdout)
     rates: dict[str, list[float]] = {app: [] for app in apps}
     latencies: dict[str, list[float]] = {app: [] for app in apps}
     for _ in range(options.rounds):
