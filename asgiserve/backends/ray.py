@@ -19,6 +19,7 @@ same application on one cluster share its replicas instead of starting their own
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import signal
@@ -57,6 +58,7 @@ class RayUpstream:
         self.prefix = f"{app_name}#{deployment_name}#"
         self.target = f"{app_name}/{deployment_name}"
         self.replicas: list[RayReplica] = []
+        self.in_flight: collections.Counter[str] = collections.Counter()  # by replica id
 
     def find(self) -> list[RayReplica]:
         found = [
@@ -75,7 +77,8 @@ class RayUpstream:
         while True:
             if not self.replicas:
                 self.replicas = await asyncio.to_thread(self.find)
-            replica = min(self.replicas, key=lambda replica: replica.in_flight)
+            replica = min(self.replicas, key=lambda replica: self.in_flight[replica.replica_id])
+            self.in_flight[replica.replica_id] += 1
             try:
                 await replica.handle(call, receive, send)
                 return
@@ -83,6 +86,8 @@ class RayUpstream:
                 self.replicas = [other for other in self.replicas if other is not replica]
                 if exc.sent:
                     raise
+            finally:
+                self.in_flight[replica.replica_id] -= 1
 
 
 class Pulls:
@@ -132,22 +137,24 @@ class RayReplica(Replica):
         self.replica_id = replica_id
         self.maker = maker
         self.dead = False
-        self.in_flight = 0
 
     def died(self, exc: BaseException) -> ReplicaDiedError:
         self.dead = True
         return ReplicaDiedError(f"replica {self.replica_id} (a Ray actor) died: {exc}", sent=True)
 
+    def was_dead(self) -> ReplicaDiedError:
+        """For a call that never reached the actor: safe to try on another replica."""
+        return ReplicaDiedError(f"replica {self.replica_id} (a Ray actor) died", sent=False)
+
     async def handle(self, call: Call, receive: Receive, send: Send) -> None:
         if self.dead:
-            raise ReplicaDiedError(f"replica {self.replica_id} (a Ray actor) died", sent=False)
+            raise self.was_dead()
         first = None
         if call.kind == "asgi":
             assert call.scope is not None
             call.scope = wire_scope(call.scope)  # the router made this call for us alone
             first = await receive()
         pulls = Pulls(self.actor, call.request_id, receive)
-        self.in_flight += 1
         try:
             await self.exchange(call, first, send, pulls)
         except asyncio.CancelledError:
@@ -156,7 +163,6 @@ class RayReplica(Replica):
             pulls.caller.uncancel()  # our own receive failed (a body over the limit)
             raise pulls.error from None
         finally:
-            self.in_flight -= 1
             pulls.close()
 
     async def exchange(self, call: Call, first: Message | None, send: Send, pulls: Pulls) -> None:
@@ -204,7 +210,7 @@ class RayReplica(Replica):
 
     async def check_health(self) -> None:
         if self.dead:
-            raise ReplicaDiedError(f"replica {self.replica_id} (a Ray actor) died")
+            raise self.was_dead()
         try:
             await self.actor.check_health.remote()
         except RayActorError as exc:
