@@ -42,7 +42,7 @@ def get_request_context() -> RequestContext:
 
 def new_request_id() -> str:
     """32 hex digits: a random prefix per process and a counter (cheaper than uuid4)."""
-    return f"{process_prefix}{next(request_counter):016x}"
+    return process_prefix + format(next(request_counter), "016x")
 
 
 def fresh_prefix() -> None:

@@ -203,9 +203,7 @@ class ReplicaRuntime(Replica):
             return self.instance  # type: ignore[no-any-return]
         fn = getattr(self.instance, name, None)
         if fn is None or not callable(fn):
-            raise AttributeError(
-                f"deployment {self.spec.deployment_name!r} has no method {name!r}"
-            )
+            raise AttributeError(f"deployment {self.spec.deployment_name!r} has no method {name!r}")
         return fn  # type: ignore[no-any-return]
 
     async def start(self) -> None:
@@ -224,10 +222,12 @@ class ReplicaRuntime(Replica):
             else:
                 await self.call(call, send)
         finally:
-            # A call torn down by garbage collection after its loop closed ends in another
-            # context, where the token does not apply; there is nothing to restore there.
-            with contextlib.suppress(ValueError):
+            try:
                 context.current.reset(token)
+            except ValueError:
+                # A call torn down by garbage collection after its loop closed ends in
+                # another context, where the token does not apply: nothing to restore.
+                pass
 
     async def call(self, call: Call, send: Send) -> None:
         if call.kind == "call":

@@ -32,6 +32,7 @@ from starlette.responses import StreamingResponse
 
 import asgiserve
 from asgiserve.handle import DeploymentHandle
+from asgiserve.watch import WATCH_AFTER_S, watchlist
 from tests.servers import SERVERS, LiveServer, serve
 
 T = TypeVar("T")
@@ -529,6 +530,35 @@ async def test_client_disconnect_cancels_the_handler_raw_socket(
         lambda: equals(events_async(), STARTLED), "the handler to record its CancelledError"
     )
     await eventually(lambda: idle("Startled"), "the request to leave the scheduler")
+
+
+@pytest.mark.anyio
+async def test_one_timer_watches_every_request_once_due() -> None:
+    """Requests wait for their disconnect watcher in one list with one timer: each starts
+    once it has run `WATCH_AFTER_S`, oldest first; one that ended before never does."""
+    loop = asyncio.get_running_loop()
+    started: list[tuple[str, float]] = []
+
+    class Watched:  # what the watchlist sees of a RequestWatch
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.added = loop.time()
+
+        def start(self) -> None:
+            started.append((self.name, loop.time() - self.added))
+
+    watching = watchlist()
+    first, ended = Watched("first"), Watched("ended")
+    watching.add(first)  # type: ignore[arg-type]
+    watching.add(ended)  # type: ignore[arg-type]
+    await asyncio.sleep(WATCH_AFTER_S / 2)
+    watching.discard(ended)  # type: ignore[arg-type]
+    last = Watched("last")
+    watching.add(last)  # type: ignore[arg-type]
+    await asyncio.sleep(WATCH_AFTER_S * 5)
+    assert [name for name, _ in started] == ["first", "last"]
+    assert all(waited >= WATCH_AFTER_S for _, waited in started)
+    assert not watching.waiting and watching.timer is None
 
 
 @asgiserve.deployment

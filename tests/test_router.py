@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import gc
+import time
+import weakref
+
 import httpx
 import numpy as np
 import pytest
@@ -285,3 +289,38 @@ def test_deployment_without_call_answers_http_with_404(http: httpx.Client) -> No
     assert "answers handle calls only" in response.json()["detail"]
     assert response.json()["request_id"] == response.headers["x-request-id"]
     assert handle.predict.remote(3).result() == 3
+
+
+class Probe:
+    """Something a test can hold a weak reference to."""
+
+
+probes: list[weakref.ref[Probe]] = []
+
+
+@asgiserve.deployment
+class KeepsAProbe:
+    async def __call__(self, request: Request) -> str:
+        probe = Probe()
+        request.scope["probe"] = probe
+        probes.append(weakref.ref(probe))
+        return "ok"
+
+
+def test_a_request_is_freed_once_answered(http: httpx.Client, backend: str) -> None:
+    """Nothing keeps an in-process request's objects once it is answered, not even the
+    server's keep-alive timer on the connection left open: reference counting frees them
+    at once, instead of them piling up for the garbage collector (which then ran
+    constantly, with 25 ms pauses)."""
+    if backend != "inprocess":
+        pytest.skip("the replica's objects live in another process")
+    asgiserve.run(KeepsAProbe.bind())
+    gc.disable()  # freed by reference counting, not by a collection
+    try:
+        assert http.get("/").text == "ok"  # the connection stays open (keep-alive)
+        deadline = time.monotonic() + 2
+        while probes[-1]() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert probes[-1]() is None
+    finally:
+        gc.enable()
