@@ -27,6 +27,12 @@ def bare_starlette() -> Starlette:
     return Starlette(routes=[Route("/", noop)])
 
 
+def starlette_mounted() -> Starlette:
+    """The same route one `Mount("/")` down, as the `asgiserve` apps are: what Starlette's
+    own mount costs, for reading their ratio (no asgiserve)."""
+    return Starlette(routes=[Mount("/", routes=[Route("/", noop)])])
+
+
 def bare_fastapi() -> FastAPI:
     """The FastAPI baseline: one FastAPI route, no asgiserve."""
     app = FastAPI()
@@ -127,6 +133,7 @@ def asgiserve_ray_wide() -> Starlette:
 # name on the command line -> factory in this module
 FACTORIES = {
     "starlette": "bare_starlette",
+    "starlette-mounted": "starlette_mounted",
     "fastapi": "bare_fastapi",
     "asgiserve": "asgiserve_inprocess",
     "asgiserve-wide": "asgiserve_inprocess_wide",
