@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from asgiserve.backends.base import Call, ReplicaSpec
+    from asgiserve.backends.base import ReplicaSpec
 
 
 @dataclass(frozen=True)
@@ -21,9 +21,14 @@ class RequestContext:
     route: str = ""
 
 
-# The replica sets the call and its own spec; the context is built only when asked for,
-# which keeps the per-request cost to one tuple.
-current: ContextVar[tuple[Call, ReplicaSpec] | None] = ContextVar("asgiserve_request", default=None)
+# The replica sets the request's id and route and its own spec; the context is built only
+# when asked for, which keeps the per-request cost to one tuple. Nothing of the request
+# itself goes in: servers arm their keep-alive timer while sending a response, in a copy
+# of this context that lives until the connection's next request, and each request's
+# scope and call held there outlived it and kept the garbage collector busy.
+current: ContextVar[tuple[str, str, ReplicaSpec] | None] = ContextVar(
+    "asgiserve_request", default=None
+)
 
 
 def get_request_context() -> RequestContext:
@@ -34,15 +39,13 @@ def get_request_context() -> RequestContext:
     served = current.get()
     if served is None:
         return RequestContext()
-    call, spec = served
-    return RequestContext(
-        call.request_id, spec.app_name, spec.deployment_name, spec.replica_id, call.route
-    )
+    request_id, route, spec = served
+    return RequestContext(request_id, spec.app_name, spec.deployment_name, spec.replica_id, route)
 
 
 def new_request_id() -> str:
     """32 hex digits: a random prefix per process and a counter (cheaper than uuid4)."""
-    return process_prefix + format(next(request_counter), "016x")
+    return process_prefix + next(request_counter).to_bytes(8, "big").hex()
 
 
 def fresh_prefix() -> None:

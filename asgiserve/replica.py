@@ -211,7 +211,7 @@ class ReplicaRuntime(Replica):
             await self.lifespan.startup()
 
     async def handle(self, call: Call, receive: Receive, send: Send) -> None:
-        token = context.current.set((call, self.spec))
+        token = context.current.set((call.request_id, call.route, self.spec))
         try:
             if call.kind == "asgi":
                 assert call.scope is not None

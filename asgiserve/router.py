@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Match, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from asgiserve import context, registry
+from asgiserve import registry
 from asgiserve.backends import Backend
 from asgiserve.backends.base import Call
 from asgiserve.config import DEFAULT_MAX_BODY_SIZE
@@ -89,20 +89,11 @@ def normalise_prefix(prefix: str) -> str:
     return prefix.rstrip("/") or "/"
 
 
-class Exchange:
-    """One HTTP or WebSocket exchange as the router tracks it."""
+class Exchange(RequestWatch):
+    """One HTTP or WebSocket exchange as the router tracks it; an HTTP one is also its own
+    disconnect watch (one object per request: each costs as much as a dozen lines)."""
 
-    __slots__ = (
-        "request_id",
-        "content_length",
-        "header",
-        "server_send",
-        "status",
-        "watch",
-        "dropped",
-    )
-
-    def __init__(self, scope: Scope, send: Send) -> None:
+    def __init__(self, scope: Scope, receive: Receive, send: Send, max_body_size: int) -> None:
         self.request_id = ""
         self.content_length = -1
         for key, value in scope["headers"]:
@@ -113,9 +104,14 @@ class Exchange:
         if not self.request_id:
             self.request_id = new_request_id()
         self.header = (b"x-request-id", self.request_id.encode("latin-1"))
+        self.server_receive = receive
         self.server_send = send
+        self.max_body_size = max_body_size
+        self.watchlist = watchlist()
+        task = asyncio.current_task(self.watchlist.loop)
+        assert task is not None
+        self.task = task
         self.status = 0
-        self.watch: RequestWatch | None = None
         self.dropped = False  # the router answered for the handler (timeout): drop its messages
 
     async def send(self, message: Message) -> None:
@@ -130,20 +126,7 @@ class Exchange:
             self.status = message["status"]
             message["headers"] = [*message.get("headers", ()), self.header]
         elif kind == "http.response.body":
-            if self.watch is not None:
-                self.watch.response_complete()
-            if context.current.get() is not None:
-                # An in-process replica's last message leaves outside the request's context:
-                # the server arms its keep-alive timer while sending it, and the timer keeps
-                # a copy of the context until the connection's next request. With the
-                # request in it, each request's objects outlived it and the garbage
-                # collector ran constantly (a tenth of the server's time, 25 ms pauses).
-                token = context.current.set(None)
-                try:
-                    await self.server_send(message)
-                finally:
-                    context.current.reset(token)
-                return
+            self.complete = True  # a disconnect from now on is normal: cancel nothing
         await self.server_send(message)
 
     async def reply(self, message: Message) -> None:
@@ -217,7 +200,7 @@ class Router:
         root_path = scope.get("root_path", "")
         path = scope["path"]
         route_path = path[len(root_path) :] if root_path and path.startswith(root_path) else path
-        exchange = Exchange(scope, send)
+        exchange = Exchange(scope, receive, send, self.max_body_size)
         if self.status_routes and route_path in STATUS_PATHS and scope["type"] == "http":
             await self.status_response(route_path, scope)(scope, receive, exchange.send)
             return
@@ -247,7 +230,8 @@ class Router:
         if params:
             child["path_params"] = params
         app = route.app
-        call = Call(exchange.request_id, "asgi", scope=child, route=route.prefix)
+        # Positional: a dataclass's generated __init__ matches keywords slowly.
+        call = Call(exchange.request_id, "asgi", "__call__", (), {}, child, route.prefix)
         if not access_log.isEnabledFor(logging.INFO):
             await self.serve(app, call, scope, receive, exchange)
         else:
@@ -287,22 +271,20 @@ class Router:
             response = error_response(413, str(BodyTooLarge(self.max_body_size)), call.request_id)
             await response(scope, receive, exchange.send)
             return
-        watching = watchlist()
-        task = asyncio.current_task(watching.loop)
-        assert task is not None
-        watch = exchange.watch = RequestWatch(receive, task, self.max_body_size, watching)
+        exchange.watchlist.add(exchange)
         try:
             if self.request_timeout_s is None:
-                await scheduler.handle(call, watch.receive, exchange.send)
+                await scheduler.handle(call, exchange.receive, exchange.send)
             else:
-                await self.within_deadline(scheduler.handle(call, watch.receive, exchange.send))
+                await self.within_deadline(scheduler.handle(call, exchange.receive, exchange.send))
         except asyncio.CancelledError:
-            if not watch.cancelled_request:
+            if not exchange.cancelled_request:
                 raise
-            task.uncancel()  # we cancelled it: the client left; nobody is waiting for an answer
+            # We cancelled it: the client left; nobody is waiting for an answer.
+            exchange.task.uncancel()
             exchange.status = exchange.status or 499
         except Exception as exc:
-            if watch.disconnected:
+            if exchange.disconnected:
                 exchange.status = exchange.status or 499
             elif exchange.status:
                 logger.error(
@@ -316,7 +298,7 @@ class Router:
                 answer = self.error_response(exc, call.request_id, app.name)
                 await answer(scope, receive, exchange.reply)
         finally:
-            watch.close()
+            exchange.close()
 
     async def within_deadline(self, work: Coroutine[Any, Any, None]) -> None:
         """Await `work` until `request_timeout_s`; then cancel it and answer at once.

@@ -156,15 +156,6 @@ class Scheduler:
                 best = min(slots, key=lambda slot: slot.in_flight)
         return best if best.in_flight < limit else None
 
-    def take(self) -> Slot | None:
-        """A replica slot now, or None when the call must queue (then `wait_for_slot`)."""
-        if self.waiters:
-            return None  # first come, first served
-        slot = self.pick()
-        if slot is not None:
-            slot.in_flight += 1
-        return slot
-
     async def wait_for_slot(self) -> Slot:
         with self.lock:
             slot = self.pick()
@@ -242,7 +233,12 @@ class Scheduler:
         if not self.started:
             await self.ensure_started()
         while True:
-            slot = self.take() or await self.wait_for_slot()
+            # A free replica and nobody queued first: the common case, taken without the lock.
+            slot = None if self.waiters else self.pick()
+            if slot is None:
+                slot = await self.wait_for_slot()
+            else:
+                slot.in_flight += 1
             call.replica_id = slot.replica.replica_id
             try:
                 await slot.replica.handle(call, receive, send)

@@ -6,8 +6,10 @@ task takes over reading the server's `receive` (queueing what the handler has no
 yet) and cancels the request's task on `http.disconnect`. A fast request is over before
 then and never pays for the task; a client that leaves is noticed within a few ms.
 
-The requests of one event loop wait for their `WATCH_AFTER_S` in one `Watchlist` with one
-timer between them: a timer per request cost a tenth of an in-process request's time.
+The requests of one event loop wait for their watch in one `Watchlist`, with one timer
+between them that ticks every `WATCH_AFTER_S` while any waits: a request is watched from
+the first tick after one whole period, so after one to two periods. A timer or a clock
+reading per request cost a tenth of an in-process request's time.
 """
 
 from __future__ import annotations
@@ -20,10 +22,8 @@ from typing import Any
 
 from starlette.types import Message, Receive
 
-from asgiserve.loops import serving_loop
-
 DISCONNECT: Message = {"type": "http.disconnect"}
-WATCH_AFTER_S = 0.002  # a request to a worker process takes ~0.2 ms: most never need a watcher
+WATCH_AFTER_S = 0.001  # a request to a worker process takes ~0.2 ms: most never need a watcher
 
 
 class BodyTooLarge(Exception):
@@ -34,54 +34,66 @@ class BodyTooLarge(Exception):
 
 
 class Watchlist:
-    """The requests of one event loop not yet watched, oldest first, and the one timer
-    that starts the watch of each when it has run for `WATCH_AFTER_S`."""
+    """The requests of one event loop not yet watched, oldest first, each with the period
+    it arrived in; the timer ends a period every `WATCH_AFTER_S` while any waits."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.waiting: dict[RequestWatch, float] = {}  # insertion order is start order
+        self.waiting: dict[RequestWatch, int] = {}  # insertion order is arrival order
+        self.period = 0
         self.timer: asyncio.TimerHandle | None = None
 
     def add(self, watch: RequestWatch) -> None:
-        now = self.loop.time()
-        self.waiting[watch] = now
         if self.timer is None:
-            self.arm(now + WATCH_AFTER_S)
+            self.arm()
+        self.waiting[watch] = self.period
 
-    def arm(self, when: float) -> None:
+    def arm(self) -> None:
+        self.period += 1
         # A context of its own: a copy of the request's would keep its objects alive.
-        self.timer = self.loop.call_at(when, self.sweep, context=contextvars.Context())
+        self.timer = self.loop.call_later(WATCH_AFTER_S, self.tick, context=contextvars.Context())
 
     def discard(self, watch: RequestWatch) -> None:
         self.waiting.pop(watch, None)
 
-    def sweep(self) -> None:
+    def tick(self) -> None:
+        """A period has ended: watch every request that arrived before it began."""
         self.timer = None
-        due = self.loop.time() - WATCH_AFTER_S
+        ended = self.period
         waiting = self.waiting
         while waiting:
-            watch, started = next(iter(waiting.items()))
-            if started > due:
-                self.arm(started + WATCH_AFTER_S)
-                return
+            watch, period = next(iter(waiting.items()))
+            if period == ended:
+                break
             del waiting[watch]
             watch.start()
+        if waiting:
+            self.arm()
 
 
 this_thread = threading.local()
 
 
 def watchlist() -> Watchlist:
-    """The running loop's watchlist; a thread runs one loop at a time, so one per thread."""
-    loop = serving_loop()
+    """The running loop's watchlist, remembered per thread: a thread runs one loop at a
+    time, so the one it ran last is it while still running (and `get_running_loop` makes
+    a system call each time on Python 3.11)."""
     found: Watchlist | None = getattr(this_thread, "watchlist", None)
-    if found is None or found.loop is not loop:
-        found = this_thread.watchlist = Watchlist(loop)
+    if found is None or not found.loop.is_running():
+        found = this_thread.watchlist = Watchlist(asyncio.get_running_loop())
     return found
 
 
 class RequestWatch:
-    # Class-level defaults: a fast request sets only what __init__ sets.
+    """The disconnect watch of one HTTP request; the router's `Exchange` is one, so that a
+    request costs one object. It sets `server_receive`, `task`, `max_body_size` and
+    `watchlist`, and marks `complete` once the response is sent."""
+
+    server_receive: Receive
+    task: asyncio.Task[Any]
+    max_body_size: int
+    watchlist: Watchlist
+    # Class-level defaults: a fast request sets none of these.
     pending: deque[Message] | None = None
     arrived: asyncio.Future[None] | None = None
     watcher: asyncio.Task[None] | None = None
@@ -91,15 +103,6 @@ class RequestWatch:
     disconnected = False
     cancelled_request = False
     body_size = 0
-
-    def __init__(
-        self, receive: Receive, task: asyncio.Task[Any], max_body_size: int, watchlist: Watchlist
-    ) -> None:
-        self.server_receive = receive
-        self.max_body_size = max_body_size
-        self.task = task
-        self.watchlist = watchlist
-        watchlist.add(self)
 
     def start(self) -> None:
         if self.complete or self.watcher is not None or self.disconnected:
@@ -166,10 +169,6 @@ class RequestWatch:
             if self.body_size > self.max_body_size:
                 raise BodyTooLarge(self.max_body_size)
         return message
-
-    def response_complete(self) -> None:
-        """After the full response a disconnect is normal: it cancels nothing (background tasks)."""
-        self.complete = True
 
     def close(self) -> None:
         self.complete = True
