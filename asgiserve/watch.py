@@ -22,6 +22,8 @@ from typing import Any
 
 from starlette.types import Message, Receive
 
+from asgiserve.loops import serving_loop
+
 DISCONNECT: Message = {"type": "http.disconnect"}
 WATCH_AFTER_S = 0.001  # a request to a worker process takes ~0.2 ms: most never need a watcher
 
@@ -75,12 +77,11 @@ this_thread = threading.local()
 
 
 def watchlist() -> Watchlist:
-    """The running loop's watchlist, remembered per thread: a thread runs one loop at a
-    time, so the one it ran last is it while still running (and `get_running_loop` makes
-    a system call each time on Python 3.11)."""
+    """The running loop's watchlist; a thread runs one loop at a time, so one per thread."""
+    loop = serving_loop()
     found: Watchlist | None = getattr(this_thread, "watchlist", None)
-    if found is None or not found.loop.is_running():
-        found = this_thread.watchlist = Watchlist(asyncio.get_running_loop())
+    if found is None or found.loop is not loop:
+        found = this_thread.watchlist = Watchlist(loop)
     return found
 
 
