@@ -10,7 +10,7 @@ from asgiserve import registry
 from asgiserve.backends import Backend, close_backends
 from asgiserve.config import backend_from_env
 from asgiserve.deployment import Application, Deployment
-from asgiserve.graph import deploy_graph
+from asgiserve.graph import deploy_graph, ingress_name
 from asgiserve.handle import DeploymentHandle
 from asgiserve.loops import close_soon, run_sync
 from asgiserve.router import Router, normalise_prefix
@@ -39,11 +39,15 @@ def run(
 
     Blocks until every replica is built; a constructor that raises fails here with the
     user's traceback. Replacing an application of the same name stops the old one after.
+    Inside a worker, which imports the user's module, it deploys nothing and returns a
+    handle to the server's application of that name.
     """
     if isinstance(target, Deployment):
         target = target.bind()
     if not isinstance(target, Application):
         raise TypeError(f"run() takes a bound application (Deployment.bind()), got {target!r}")
+    if registry.in_worker():
+        return DeploymentHandle(ingress_name(target), name)
     chosen_router = router if router is not None else globals()["router"]
     if isinstance(route_prefix, Unset):
         route_prefix = target.deployment.route_prefix or "/"
@@ -116,11 +120,19 @@ def status() -> dict[str, Any]:
 
 
 def get_app_handle(name: str) -> DeploymentHandle:
+    """A handle to the application's ingress deployment.
+
+    Inside a worker the application runs in the server: the handle names its ingress as
+    `""`, which the server resolves when it is called.
+    """
+    if registry.in_worker():
+        return DeploymentHandle(registry.INGRESS, name)
     return DeploymentHandle(registry.get_app(name).ingress, name)
 
 
 def get_deployment_handle(deployment_name: str, app_name: str = DEFAULT) -> DeploymentHandle:
-    registry.get_scheduler(app_name, deployment_name)
+    if not registry.in_worker():
+        registry.get_scheduler(app_name, deployment_name)  # fail now if there is none
     return DeploymentHandle(deployment_name, app_name)
 
 

@@ -16,9 +16,14 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from starlette.requests import Request
+from starlette.responses import Response
+
+from asgiserve.context import get_request_context
 from asgiserve.deployment import Deployment, deployment
 from asgiserve.handle import DeploymentHandle
 from asgiserve.ingress import ReplicaApp, ingress
+from asgiserve.responses import error_response
 
 
 def load_adapter(adapter: Any) -> Any:
@@ -77,6 +82,8 @@ def build_driver_app(driver: Driver) -> Any:
     from fastapi import FastAPI
 
     app = FastAPI(title="DAGDriver")
+    # The driver is asgiserve's app: its 500s name the request id, as plain deployments' do.
+    app.add_exception_handler(Exception, internal_error)
     for route, handle in driver.dags.items():
         endpoint = make_endpoint(handle, driver.http_adapter)
         for method in ("GET", "POST"):
@@ -88,6 +95,10 @@ def build_driver_app(driver: Driver) -> Any:
                 response_model=None,
             )
     return app
+
+
+def internal_error(request: Request, exc: Exception) -> Response:
+    return error_response(500, "Internal Server Error", get_request_context().request_id)
 
 
 def driver_app(driver: Driver) -> Any:

@@ -40,3 +40,7 @@ class RequestTimeoutError(AsgiserveError):
     """The request ran past the end-to-end timeout."""
 
     status_code = 504
+
+
+class ShippingError(AsgiserveError, TypeError):
+    """A deployment that a worker can neither import nor receive by value (pickled)."""

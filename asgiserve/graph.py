@@ -90,6 +90,12 @@ def unique_names(apps: list[Application]) -> dict[int, str]:
     return names
 
 
+def ingress_name(root: Application) -> str:
+    """The name `deploy_graph` gives the graph's ingress deployment."""
+    apps = ordered(root)
+    return unique_names(apps)[id(root)]
+
+
 def deploy_graph(
     root: Application,
     app_name: str,
@@ -111,7 +117,7 @@ def deploy_graph(
             config = app.deployment.config.with_options(name=name)
             chosen = resolve_backend(config.backend or backend)
             schedulers[name] = Scheduler(
-                app_name, config, chosen, spec_maker(app, names, app_name)
+                app_name, config, chosen, spec_maker(app, names, app_name, names[id(root)])
             )
         for scheduler in list(schedulers.values()):
             scheduler.start_replicas()
@@ -125,7 +131,7 @@ def deploy_graph(
 
 
 def spec_maker(
-    app: Application, names: dict[int, str], app_name: str
+    app: Application, names: dict[int, str], app_name: str, ingress: str
 ) -> Callable[[str], ReplicaSpec]:
     args = swap_handles(app.args, names, app_name)
     kwargs = swap_handles(app.kwargs, names, app_name)
@@ -140,6 +146,7 @@ def spec_maker(
             init_args=args,
             init_kwargs=kwargs,
             config=config,
+            ingress=ingress,
         )
 
     return make

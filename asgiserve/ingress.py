@@ -13,13 +13,8 @@ import types
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-from asgiserve.context import get_request_context
-from asgiserve.responses import error_response
 
 INGRESS_ATTR = "__asgiserve_ingress__"
 
@@ -84,31 +79,14 @@ def rebuild_route(route: BaseRoute, endpoint: Callable[..., Any]) -> BaseRoute:
 
 
 def build_app(app: ASGIApp, cls: type, instance: object) -> ASGIApp:
-    """The app one replica serves: class views bound, and 500s that name the request id."""
-    if isinstance(app, ReplicaApp):
-        return with_json_errors(app.make(instance))
-    return with_json_errors(bind_class_views(app, cls, instance))
+    """The app one replica serves, as the user wrote it, with class views bound.
 
-
-def with_json_errors(app: ASGIApp) -> ASGIApp:
-    """An unhandled error in an ingress app answers as the router's own 500s do.
-
-    Starlette's default is a plain-text 500 that names nothing; a user's own handler for
-    500 or `Exception` is kept as it is.
+    Its own exception handlers and error answers stand; the router adds `x-request-id`
+    and logs what the app raised.
     """
-    handlers = getattr(app, "exception_handlers", None)
-    if not isinstance(handlers, dict) or 500 in handlers or Exception in handlers:
-        return app
-    served: Any = copy.copy(app)
-    served.exception_handlers = {**handlers, Exception: internal_error}
-    served.middleware_stack = None
-    result: ASGIApp = served
-    return result
-
-
-def internal_error(request: Request, exc: Exception) -> Response:
-    request_id = get_request_context().request_id
-    return error_response(500, "Internal Server Error", request_id)
+    if isinstance(app, ReplicaApp):
+        return app.make(instance)
+    return bind_class_views(app, cls, instance)
 
 
 def bind_class_views(app: ASGIApp, cls: type, instance: object) -> ASGIApp:

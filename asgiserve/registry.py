@@ -66,6 +66,13 @@ def every_app() -> list[RunningApp]:
 
 # Inside a worker process no application runs; handles reach theirs through the server.
 upstream: Callable[[str, str], Dispatcher] | None = None
+INGRESS = ""  # a handle's deployment name meaning "the application's ingress, wherever it is"
+
+
+def in_worker() -> bool:
+    """In a worker process or Ray actor, where the user's module is imported but the
+    server, not this process, runs the applications."""
+    return upstream is not None
 
 
 def get_app(name: str) -> RunningApp:
@@ -87,6 +94,8 @@ def get_dispatcher(app_name: str, deployment_name: str) -> Dispatcher:
 
 def get_scheduler(app_name: str, deployment_name: str) -> Scheduler:
     app = get_app(app_name)
+    if deployment_name == INGRESS:
+        deployment_name = app.ingress
     try:
         return app.schedulers[deployment_name]
     except KeyError:

@@ -286,11 +286,12 @@ class Router:
         except Exception as exc:
             if exchange.disconnected:
                 exchange.status = exchange.status or 499
-            elif exchange.status:
+            elif exchange.status:  # an ingress app's own error answer went out: it stands
                 logger.error(
-                    "request %s to %r failed after its response started",
+                    "request %s to application %r raised (answered %d)",
                     call.request_id,
                     app.name,
+                    exchange.status,
                     exc_info=exc,
                 )
             else:

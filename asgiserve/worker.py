@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import pickle
 import signal
 import socket
 import sys
@@ -24,9 +23,9 @@ from asgiserve import registry
 from asgiserve.backends.base import Call
 from asgiserve.backends.channel import END, Channel, Target
 from asgiserve.backends.wire import read_frame, remote_error, write_frame
-from asgiserve.config import BACKEND_ENV
 from asgiserve.exceptions import DeploymentUnavailableError
 from asgiserve.replica import ReplicaRuntime, drain
+from asgiserve.shipping import load_spec
 
 PARENT_POLL_S = 0.5
 
@@ -97,7 +96,7 @@ def not_yet(app_name: str, deployment_name: str) -> Upstream:
 async def serve(sock: socket.socket, spec_data: bytes) -> None:
     registry.upstream = not_yet
     try:
-        spec = pickle.loads(spec_data)
+        spec = load_spec(spec_data)
         runtime = await asyncio.to_thread(ReplicaRuntime, spec)
     except BaseException as exc:
         write_frame(sock, (0, END, ([], remote_error(exc, "the replica's constructor"))))
@@ -121,7 +120,6 @@ def main() -> None:
     # after its in-flight calls have finished.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(sys.argv[1]))
-    os.environ.pop(BACKEND_ENV, None)  # this process's own deployments, if any, stay in it
     threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
     try:
         path, spec_data = read_frame(sock)

@@ -24,6 +24,21 @@ DEFAULT_BACKENDS = "inprocess,subprocess" + (",ray" if importlib.util.find_spec(
 BACKENDS = os.environ.get("ASGISERVE_TEST_BACKENDS", DEFAULT_BACKENDS).split(",")
 
 
+# Where a leaked socket, transport or file fails the test: the subprocess backend's own
+# tests and every test of the shared suite on that backend.
+STRICT_FILES = ("test_subprocess.py", "test_shipping.py")
+STRICT_WARNINGS = ("error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_subprocess = params is not None and params.params.get("backend") == "subprocess"
+        if on_subprocess or item.path.name in STRICT_FILES:
+            for rule in STRICT_WARNINGS:
+                item.add_marker(pytest.mark.filterwarnings(rule))
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """Async tests (marked `pytest.mark.anyio`) run on asyncio."""

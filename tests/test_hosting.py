@@ -174,6 +174,9 @@ def running(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        command.reader.join(5)
+        assert process.stderr is not None
+        process.stderr.close()
 
 
 def gone(pid: int, timeout: float = 10) -> bool:

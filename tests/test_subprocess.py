@@ -225,6 +225,7 @@ def test_no_worker_outlives_the_server_process(tmp_path: Path, end: str) -> None
     if end != "exit":
         process.send_signal(getattr(signal, end))
     process.wait(timeout=30)
+    process.stdout.close()
     eventually(lambda: not any(alive(pid) for pid in pids), timeout=5)
 
 

@@ -54,6 +54,7 @@ class ReplicaSpec:
     init_args: tuple[Any, ...]
     init_kwargs: dict[str, Any]
     config: DeploymentConfig
+    ingress: str = ""  # the name of its application's ingress deployment
 
 
 class Replica(ABC):

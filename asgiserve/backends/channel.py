@@ -116,6 +116,7 @@ class Channel(asyncio.BufferedProtocol):
         self.closed: BaseException | None = None
         self.outbox: list[bytes | memoryview] = []
         self.lost = asyncio.Event()
+        self.keeper: asyncio.Task[None] | None = None
         # reading
         self.buffer = bytearray(READ_BUFFER)
         self.view = memoryview(self.buffer)
@@ -124,10 +125,19 @@ class Channel(asyncio.BufferedProtocol):
         self.big_filled = 0
 
     async def connect(self, sock: socket.socket) -> None:
-        """Serve the connection on the running loop."""
+        """Serve the connection on the running loop, until it is lost or the loop ends."""
         self.loop = asyncio.get_running_loop()
         self.lost = asyncio.Event()
         await self.loop.create_unix_connection(lambda: self, sock=sock)
+        self.keeper = self.loop.create_task(self.close_with_loop())
+
+    async def close_with_loop(self) -> None:
+        """A loop that ends (`asyncio.run`, a `TestClient` portal) cancels its tasks, this
+        one too: the transport closes with it instead of leaking its socket."""
+        try:
+            await self.lost.wait()
+        finally:
+            self.close()
 
     # -- writing ---------------------------------------------------------------------
 

@@ -22,8 +22,8 @@ import asyncio
 import collections
 import contextlib
 import functools
+import logging
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -31,9 +31,11 @@ from typing import Any
 
 from starlette.types import Message, Receive, Send
 
+from asgiserve import registry
 from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
-from asgiserve.backends.wire import pickle_spec, wire_scope
+from asgiserve.backends.wire import wire_scope
 from asgiserve.exceptions import DeploymentUnavailableError, ReplicaDiedError
+from asgiserve.shipping import module_to_copy, pickle_spec, worker_path
 
 try:
     import ray
@@ -45,6 +47,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from asgiserve.backends.ray_actor import PULL, ReplicaActor, register_serializers
 
+logger = logging.getLogger("asgiserve")
+
 NAMESPACE = "asgiserve"
 RELEASE_WAIT_S = 10.0  # how long a stopped actor's name may take to become free again
 
@@ -55,17 +59,26 @@ class RayUpstream:
     closed = False
 
     def __init__(self, app_name: str, deployment_name: str) -> None:
-        self.prefix = f"{app_name}#{deployment_name}#"
-        self.target = f"{app_name}/{deployment_name}"
+        self.app_name = app_name
+        self.deployment_name = deployment_name
+        self.target = f"{app_name}/{deployment_name or '(ingress)'}"
         self.replicas: list[RayReplica] = []
         self.in_flight: collections.Counter[str] = collections.Counter()  # by replica id
 
-    def find(self) -> list[RayReplica]:
-        found = [
+    def actors(self, prefix: str) -> list[RayReplica]:
+        return [
             RayReplica(ray.get_actor(actor["name"], NAMESPACE), actor["name"])
             for actor in ray.util.list_named_actors(all_namespaces=True)
-            if actor["namespace"] == NAMESPACE and actor["name"].startswith(self.prefix)
+            if actor["namespace"] == NAMESPACE and actor["name"].startswith(prefix)
         ]
+
+    def find(self) -> list[RayReplica]:
+        if self.deployment_name == registry.INGRESS:  # `get_app_handle`: ask the app's replicas
+            for replica in self.actors(f"{self.app_name}#"):
+                with contextlib.suppress(RayActorError):
+                    self.deployment_name = ray.get(replica.actor.ingress.remote())
+                    break
+        found = self.actors(f"{self.app_name}#{self.deployment_name}#")
         if not found:
             raise DeploymentUnavailableError(
                 f"no Ray replica of {self.target} is running; from a Ray replica, handles "
@@ -227,6 +240,16 @@ class RayReplica(Replica):
         self.maker.live.discard(self.replica_id)
 
 
+def can_send_by_value(error: BaseException | None, spec: ReplicaSpec) -> bool:
+    """The node failed to import the deployment's own module, which could travel instead."""
+    module = getattr(spec.target, "__module__", "")
+    return (
+        isinstance(error, ImportError)
+        and (error.name or "").partition(".")[0] == module.partition(".")[0]
+        and module_to_copy(spec.target, by_value=True) is not None
+    )
+
+
 @functools.cache
 def actor_class() -> Any:
     return ray.remote(ReplicaActor)  # once: Ray ships the class to the cluster with it
@@ -293,24 +316,48 @@ class RayBackend(Backend):
             raise
 
     def create(self, spec: ReplicaSpec, name: str) -> RayReplica:
+        """The actor, its code imported by name where the node can import it, else sent
+        by value (a node without the project's files: see `runtime_env` in the docs)."""
+        actor, owner, error = self.start_actor(spec, name, pickle_spec(spec))
+        if can_send_by_value(error, spec):
+            logger.warning(
+                "replica %s: the Ray node cannot import %s (%s); sending the deployment's "
+                "module by value. Ship your project with ray_actor_options={'runtime_env': "
+                "{'working_dir': ...}} (or 'py_modules') so nodes import it",
+                name, spec.target.__module__, error,
+            )  # fmt: skip
+            if owner == self.owner:
+                kill(actor, name)
+            actor, owner, error = self.start_actor(spec, name, pickle_spec(spec, by_value=True))
+        if error is not None:
+            if owner == self.owner:
+                kill(actor, name)
+            if isinstance(error, ImportError):
+                error.add_note(
+                    "The Ray node could not import the deployment's code: install it there, "
+                    "or ship it with ray_actor_options={'runtime_env': {'working_dir': ...}} "
+                    "or {'py_modules': [...]}"
+                )
+            raise error
+        if owner != self.owner:  # another server made it: shared, and stopped by them
+            self.live.discard(name)
+            return RayReplica(actor, name)
+        return RayReplica(actor, name, self)
+
+    def start_actor(
+        self, spec: ReplicaSpec, name: str, spec_data: bytes
+    ) -> tuple[Any, str, BaseException | None]:
         options = dict(spec.config.ray_actor_options or {})
         actor = actor_class().options(
             name=name, namespace=NAMESPACE, get_if_exists=True, **options
-        ).remote(self.owner, RayUpstream, list(sys.path), pickle_spec(spec))
+        ).remote(self.owner, RayUpstream, worker_path(), spec_data)
         try:
             owner, error = ray.get(actor.ready.remote())
         except RayActorError as exc:
             raise ReplicaDiedError(
                 f"replica {name} (a Ray actor) died while starting: {exc}"
             ) from None
-        if error is not None:
-            if owner == self.owner:
-                kill(actor, name)
-            raise error
-        if owner != self.owner:  # another server made it: shared, and stopped by them
-            self.live.discard(name)
-            return RayReplica(actor, name)
-        return RayReplica(actor, name, self)
+        return actor, owner, error
 
     def close(self) -> None:
         if self.started_ray:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import pickle
 import sys
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -19,9 +17,9 @@ from starlette.types import Message
 from asgiserve import registry
 from asgiserve.backends.base import RESULT, Call
 from asgiserve.backends.wire import REDUCERS, remote_error
-from asgiserve.config import BACKEND_ENV
 from asgiserve.exceptions import RequestCancelledError
 from asgiserve.replica import ReplicaRuntime, drain
+from asgiserve.shipping import load_spec
 
 PULL = "asgiserve.pull"  # the replica awaits `receive()`: the server answers with `deliver`
 
@@ -111,7 +109,6 @@ class ReplicaActor:
         path: list[str],
         spec_data: bytes,
     ) -> None:
-        os.environ.pop(BACKEND_ENV, None)  # this process's own deployments, if any, stay in it
         sys.path += [entry for entry in path if entry not in sys.path]
         register_serializers()
         registry.upstream = upstream  # handles here call other deployments' actors
@@ -121,7 +118,7 @@ class ReplicaActor:
         self.started = False
         self.error: BaseException | None = None
         try:
-            spec = pickle.loads(spec_data)
+            spec = load_spec(spec_data)
             self.name = f"{spec.deployment_name} replica {spec.replica_id}"
             self.runtime = ReplicaRuntime(spec)
         except BaseException as exc:
@@ -132,6 +129,10 @@ class ReplicaActor:
 
     async def ready(self) -> tuple[str, BaseException | None]:
         return self.owner, self.error
+
+    async def ingress(self) -> str:
+        """The name of this replica's application's ingress deployment."""
+        return self.runtime.spec.ingress
 
     async def start(self) -> None:
         if not self.started:  # once, though every server sharing the actor asks

@@ -22,10 +22,11 @@ from starlette.types import Message, Receive, Send
 from asgiserve import registry
 from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
 from asgiserve.backends.channel import Channel, Target
-from asgiserve.backends.wire import pickle_spec, read_frame, wire_scope, write_frame
+from asgiserve.backends.wire import read_frame, wire_scope, write_frame
 from asgiserve.context import new_request_id
 from asgiserve.exceptions import ReplicaDiedError
 from asgiserve.handle import never
+from asgiserve.shipping import pickle_spec, worker_path
 
 EXIT_WAIT_S = 5.0
 
@@ -55,7 +56,7 @@ class SubprocessReplica(Replica):
     def __init__(self, spec: ReplicaSpec) -> None:
         self.spec = spec
         self.replica_id = spec.replica_id
-        payload = (list(sys.path), pickle_spec(spec))  # before any process: this may fail
+        payload = (worker_path(), pickle_spec(spec))  # before any process: this may fail
         ours, theirs = socket.socketpair()
         self.sock = ours
         self.ids = itertools.count(1, 2)

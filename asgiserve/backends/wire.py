@@ -8,26 +8,23 @@ in the memory it read them into instead of copying them out of the pickle.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import inspect
 import io
+import marshal
 import pickle
 import socket
 import struct
-import sys
-import sysconfig
 import threading
 import traceback
+import types
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import cloudpickle
 from starlette.datastructures import State
 from starlette.requests import Request
 from starlette.types import Message, Scope
 
-from asgiserve.backends.base import ReplicaSpec
+from asgiserve.shipping import target_reference
 
 LENGTH = struct.Struct("!Q")  # a frame may hold arrays of several GiB
 COUNT = struct.Struct("!H")
@@ -78,20 +75,43 @@ class Pickler(cloudpickle.CloudPickler):  # type: ignore[misc]
 
     Starlette's `State` (every app's `app.state`) cannot unpickle itself, and FastAPI keeps
     locks in included routers; a lock arrives as a new one (its state means nothing there).
+    A deployment's class goes by reference where the worker can import it (`shipping`);
+    code that goes by value keeps its file name, so tracebacks name the user's file
+    (cloudpickle's own reducer renames it `<dynamic-code>`).
     """
 
     # One flat dict: the C pickler looks types up in it directly (a ChainMap costs a
     # Python call and a KeyError for every object that is not a builtin).
     dispatch_table = {**cloudpickle.CloudPickler.dispatch_table, **REDUCERS}
 
+    def __init__(self, file: IO[bytes], protocol: int, buffer_callback: Any = None) -> None:
+        super().__init__(file, protocol=protocol, buffer_callback=buffer_callback)
+        self.code_files: set[str] = set()  # files of the code that went by value
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is types.CodeType:
+            self.code_files.add(obj.co_filename)
+            return marshal.loads, (marshal.dumps(obj),)
+        if isinstance(obj, (type, types.FunctionType)):
+            reference = target_reference(obj)
+            if reference is not None:
+                return reference
+        return super().reducer_override(obj)
+
 
 BufferCallback = Callable[[pickle.PickleBuffer], bool]
 
 
 def dumps(value: Any, buffer_callback: BufferCallback | None = None) -> bytes:
+    return dumps_with(value, buffer_callback)[0]
+
+
+def dumps_with(value: Any, buffer_callback: BufferCallback | None = None) -> tuple[bytes, Pickler]:
+    """The pickle, and the pickler that made it (which knows what went by value)."""
     file = io.BytesIO()
-    Pickler(file, protocol=5, buffer_callback=buffer_callback).dump(value)
-    return file.getvalue()
+    pickler = Pickler(file, protocol=5, buffer_callback=buffer_callback)
+    pickler.dump(value)
+    return file.getvalue(), pickler
 
 
 def encode(frame: Any, fast: bool = False) -> list[bytes | memoryview]:
@@ -153,58 +173,6 @@ def read_exactly(sock: socket.socket, size: int) -> bytearray:
             raise ConnectionError("the other end closed the connection")
         got += n
     return data
-
-
-def installed(module_file: str) -> bool:
-    paths = sysconfig.get_paths()
-    return module_file.startswith((paths["purelib"], paths["platlib"], paths["stdlib"]))
-
-
-def resolve_annotations(target: Any) -> None:
-    """Turn a class's string annotations into the objects they name, before shipping it.
-
-    A function shipped by value takes only the globals its code uses, so names used only in
-    annotations (`request: Request` under `from __future__ import annotations`) would be
-    missing in the worker, where FastAPI reads the signatures of class-based views again.
-    """
-    for klass in getattr(target, "__mro__", ())[:-1]:
-        for value in vars(klass).values():
-            annotations = getattr(value, "__annotations__", None)
-            if inspect.isfunction(value) and any(isinstance(a, str) for a in annotations or {}):
-                with contextlib.suppress(Exception):  # unresolvable: FastAPI will say so
-                    value.__annotations__ = inspect.get_annotations(value, eval_str=True)
-
-
-by_value_lock = threading.Lock()
-
-
-def pickle_spec(spec: ReplicaSpec) -> bytes:
-    """The spec by value where it matters, so a worker never re-runs the user's module.
-
-    `__main__` and closures are pickled by value anyway; the module defining the deployment
-    is too (its top level may call `asgiserve.run()` or build the server's app). Modules it
-    imports are imported by name in the worker, which shares this process's `sys.path`.
-    """
-    spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, backend=None))
-    resolve_annotations(spec.target)
-    name = getattr(spec.target, "__module__", None) or "__main__"
-    module = sys.modules.get(name)
-    module_file = getattr(module, "__file__", None)
-    by_value = (
-        module is not None
-        and module_file is not None
-        and name != "__main__"  # cloudpickle ships that by value anyway
-        and name.partition(".")[0] != "asgiserve"  # ours (DAGDriver): imported by name
-        and not installed(module_file)
-    )
-    if not by_value:
-        return dumps(spec)
-    with by_value_lock:  # replicas start side by side; registration is process-wide
-        cloudpickle.register_pickle_by_value(module)
-        try:
-            return dumps(spec)
-        finally:
-            cloudpickle.unregister_pickle_by_value(module)
 
 
 def remote_error(exc: BaseException, where: str) -> BaseException:

@@ -1,0 +1,1 @@
+"""Apps defined in importable modules, as users write them: workers import these by name."""
