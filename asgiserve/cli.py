@@ -17,15 +17,15 @@ from collections.abc import Sequence
 from types import FrameType
 
 from asgiserve import __version__, config_file
-from asgiserve.config import BACKEND_ENV, KEEP_ALIVE_ENV, HTTPOptions
+from asgiserve.config import BACKEND_ENV, DEFAULT_BODY_TIMEOUT_S, KEEP_ALIVE_ENV, HTTPOptions
 from asgiserve.host import RunSpec, TargetError, cwd_importable
 from asgiserve.servers import SERVERS, ServerMissing, serve
 
 USAGE_ERROR = 2  # as argparse exits on a bad flag
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(HTTPOptions)}
 # Flags that set an `HTTPOptions` field of the same name; unset ones leave the file's value.
-HTTP_FLAGS = ("host", "port", "keep_alive_timeout_s", "request_timeout_s", "root_path",
-              "graceful_shutdown_timeout_s")  # fmt: skip
+HTTP_FLAGS = ("host", "port", "keep_alive_timeout_s", "request_timeout_s", "body_timeout_s",
+              "root_path", "graceful_shutdown_timeout_s")  # fmt: skip
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -85,6 +85,15 @@ def make_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="SECONDS",
         help="answer 504 to a request not answered within this long (default: no limit)",
+    )
+    run.add_argument(
+        "--body-timeout-s",
+        type=float,
+        metavar="SECONDS",
+        help=(
+            "answer 408 to a request whose body stops arriving for this long "
+            f"(default: {DEFAULT_BODY_TIMEOUT_S:g})"
+        ),
     )
     run.add_argument(
         "--graceful-shutdown-timeout-s",

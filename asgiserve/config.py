@@ -7,11 +7,17 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
+# Finite, so that memory stays bounded under any overload: a queued HTTP request holds its
+# scope and at most a small read-ahead of its body, so 1,000 of them stay well under 100 MB
+# per deployment; past that, 503 with Retry-After at once. -1 lifts the limit (a program
+# fanning out more handle calls than that at once, trusted code only).
+DEFAULT_MAX_QUEUED_REQUESTS = 1000
 DEFAULT_HEALTH_CHECK_PERIOD_S = 10.0
 DEFAULT_HEALTH_CHECK_TIMEOUT_S = 30.0
 DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S = 20.0
 DEFAULT_KEEP_ALIVE_TIMEOUT_S = 5.0
 DEFAULT_MAX_BODY_SIZE = 100 * 1024 * 1024  # bytes; larger request bodies get 413
+DEFAULT_BODY_TIMEOUT_S = 30.0  # a body that stops arriving for this long gets 408
 
 BACKEND_ENV = "ASGISERVE_BACKEND"
 KEEP_ALIVE_ENV = "ASGISERVE_HTTP_KEEP_ALIVE_TIMEOUT_S"
@@ -24,7 +30,7 @@ class DeploymentConfig:
     name: str
     num_replicas: int = 1
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS
-    max_queued_requests: int = -1
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
     backend: Any = None
     ray_actor_options: dict[str, Any] | None = None
     health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S
@@ -60,7 +66,8 @@ class HTTPOptions:
     file `http_options` alike.
 
     `graceful_shutdown_timeout_s` is how long the server lets in-flight requests finish
-    after SIGTERM or SIGINT; `status_routes` switches the router's `/-/healthz` and
+    after SIGTERM or SIGINT; `body_timeout_s` how long a request body may stop arriving
+    before the request ends with 408; `status_routes` switches the router's `/-/healthz` and
     `/-/routes` on or off.
     """
 
@@ -68,6 +75,7 @@ class HTTPOptions:
     port: int = 8000
     keep_alive_timeout_s: float = DEFAULT_KEEP_ALIVE_TIMEOUT_S
     request_timeout_s: float | None = None
+    body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S
     root_path: str = ""
     graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
     status_routes: bool = True
@@ -88,6 +96,8 @@ class HTTPOptions:
             )
         if self.request_timeout_s is not None and not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be above 0, got {self.request_timeout_s}")
+        if self.body_timeout_s is not None and not self.body_timeout_s > 0:
+            raise ValueError(f"body_timeout_s must be above 0, got {self.body_timeout_s}")
         if not self.graceful_shutdown_timeout_s >= 0:
             raise ValueError(
                 "graceful_shutdown_timeout_s must be 0 or more, "

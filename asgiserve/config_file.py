@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from asgiserve.config import (
+    DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_TIMEOUT_S,
     HTTPOptions,
@@ -38,6 +39,7 @@ class HTTPOptionsSchema(Schema):
     port: int = Field(default=8000, ge=0, le=65535)
     keep_alive_timeout_s: float = Field(default=DEFAULT_KEEP_ALIVE_TIMEOUT_S, gt=0)
     request_timeout_s: float | None = Field(default=None, gt=0)
+    body_timeout_s: float | None = Field(default=DEFAULT_BODY_TIMEOUT_S, gt=0)
     root_path: str = ""
     graceful_shutdown_timeout_s: float = Field(default=DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, ge=0)
     status_routes: bool = True

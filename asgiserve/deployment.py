@@ -10,6 +10,7 @@ from asgiserve.config import (
     DEFAULT_HEALTH_CHECK_PERIOD_S,
     DEFAULT_HEALTH_CHECK_TIMEOUT_S,
     DEFAULT_MAX_ONGOING_REQUESTS,
+    DEFAULT_MAX_QUEUED_REQUESTS,
     DeploymentConfig,
 )
 
@@ -72,7 +73,7 @@ def deployment(
     name: str | None = None,
     num_replicas: int = 1,
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
-    max_queued_requests: int = -1,
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
     backend: Any = None,
     ray_actor_options: dict[str, Any] | None = None,
     health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S,
@@ -88,7 +89,7 @@ def deployment(
     name: str | None = None,
     num_replicas: int = 1,
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
-    max_queued_requests: int = -1,
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS,
     backend: Any = None,
     ray_actor_options: dict[str, Any] | None = None,
     health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S,

@@ -30,8 +30,20 @@ async def never() -> Message:
 async def resolve_arguments(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Responses passed as arguments are awaited first, which chains the calls."""
-    if any(isinstance(a, DeploymentResponse) for a in (*args, *kwargs.values())):
+    """Responses passed as arguments are awaited first, which chains the calls.
+
+    If this call is cancelled, or one of them fails, they are all cancelled: nobody will
+    use their results, and each holds a replica slot.
+    """
+    given = [a for a in (*args, *kwargs.values()) if isinstance(a, DeploymentResponse)]
+    if given:
+        try:
+            for response in given:
+                await response
+        except BaseException:
+            for response in given:
+                response.cancel()
+            raise
         args = tuple([await a if isinstance(a, DeploymentResponse) else a for a in args])
         kwargs = {
             k: await v if isinstance(v, DeploymentResponse) else v for k, v in kwargs.items()

@@ -219,6 +219,7 @@ class Host:
         self.app: ASGIApp = router
         # Before the target is imported: a `module:app` may deploy at import time.
         router.request_timeout_s = spec.http.request_timeout_s
+        router.body_timeout_s = spec.http.body_timeout_s
         router.status_routes = spec.http.status_routes
         if spec.backend is not None:
             router.backend = spec.backend

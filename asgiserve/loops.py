@@ -79,3 +79,9 @@ def close_soon(coro: Coroutine[Any, Any, Any]) -> None:
         loop.create_task(coro)
     else:
         run_sync(coro)
+
+
+def ignore_outcome(task: asyncio.Future[Any]) -> None:
+    """For a task nobody awaits any more: retrieve its outcome so asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,6 +28,8 @@ from asgiserve.loops import on_loop
 from asgiserve.responses import error_response, to_response
 
 logger = logging.getLogger("asgiserve")
+
+DRAIN_POLL_S = 0.01
 
 
 def takes_arguments(fn: Callable[..., Any]) -> bool:
@@ -182,6 +185,7 @@ class ReplicaRuntime(Replica):
     def __init__(self, spec: ReplicaSpec) -> None:
         self.spec = spec
         self.replica_id = spec.replica_id
+        self.ongoing = 0  # calls running now
         target = spec.target
         if inspect.isclass(target):
             self.instance: Any = target(*spec.init_args, **spec.init_kwargs)
@@ -212,6 +216,7 @@ class ReplicaRuntime(Replica):
 
     async def handle(self, call: Call, receive: Receive, send: Send) -> None:
         token = context.current.set((call.request_id, call.route, self.spec))
+        self.ongoing += 1
         try:
             if call.kind == "asgi":
                 assert call.scope is not None
@@ -222,6 +227,7 @@ class ReplicaRuntime(Replica):
             else:
                 await self.call(call, send)
         finally:
+            self.ongoing -= 1
             try:
                 context.current.reset(token)
             except ValueError:
@@ -269,5 +275,13 @@ class ReplicaRuntime(Replica):
             await invoke(check)
 
     async def stop(self, timeout_s: float = 0) -> None:
+        """Let in-flight calls finish within `timeout_s`, then run the app's shutdown.
+
+        Calls may run on other loops (a handle's synchronous callers), so this polls a
+        count instead of waiting on their tasks. Other backends drain before calling it.
+        """
+        deadline = time.monotonic() + timeout_s
+        while self.ongoing and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
         if self.lifespan is not None:
             await self.lifespan.shutdown()

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from asgiserve import registry
 from asgiserve.backends import Backend
 from asgiserve.backends.base import Call
-from asgiserve.config import DEFAULT_MAX_BODY_SIZE
+from asgiserve.config import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_SIZE
 from asgiserve.context import new_request_id
 from asgiserve.exceptions import (
     BackPressureError,
@@ -34,7 +34,7 @@ from asgiserve.exceptions import (
     RequestTimeoutError,
 )
 from asgiserve.responses import error_response
-from asgiserve.watch import BodyTooLarge, RequestWatch, watchlist
+from asgiserve.watch import BodyTimeout, BodyTooLarge, RequestWatch, watchlist
 
 logger = logging.getLogger("asgiserve")
 # One line per request at INFO: app, deployment, replica, request id, method, route, status, ms.
@@ -45,6 +45,18 @@ OUTER_KEYS = ("app", "router", "endpoint", "route", "app_root_path", "path_param
 # Answered by the router itself, before any prefix; `Router(status_routes=False)` stops that.
 STATUS_PATHS = ("/-/healthz", "/-/routes")
 NO_PARAMS: dict[str, Any] = {}  # read only
+# A client's `x-request-id` is only a label, kept when it is visible ASCII of at most 200
+# characters; inside replicas a call is known by ids the server makes.
+CLIENT_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}")
+# What a client is told of a failure: a reason to act on, nothing internal (other
+# applications, replica ids, process ids); the log has the detail.
+UNAVAILABLE = {
+    BackPressureError: "the server is busy: too many requests are queued "
+    "(max_queued_requests); try again after the Retry-After delay",
+    ReplicaDiedError: "the replica serving this request died before answering; try again",
+    DeploymentUnavailableError: "this application is not available right now; try again later",
+    RequestCancelledError: "the request was cancelled before it finished; try again",
+}
 ROOT_MATCH = (0, NO_PARAMS)  # what the prefix `/` matches, in every path
 
 
@@ -68,10 +80,20 @@ class PrefixRoute:
         if found is None:
             return None
         assert self.convertors is not None
-        params = {
-            key: self.convertors[key].convert(value) for key, value in found.groupdict().items()
-        }
+        params = {}
+        for key, value in found.groupdict().items():
+            try:
+                params[key] = self.convertors[key].convert(value)
+            except ValueError:  # an int past Python's digit limit, a float out of range
+                raise BadPathParameter(key) from None
         return found.end(), params
+
+
+class BadPathParameter(ValueError):
+    """A path parameter that matches its type's pattern but cannot be converted: a 400."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"path parameter {name!r} is out of range for its type")
 
 
 def make_route(prefix: str, app: registry.RunningApp) -> PrefixRoute:
@@ -93,20 +115,33 @@ class Exchange(RequestWatch):
     """One HTTP or WebSocket exchange as the router tracks it; an HTTP one is also its own
     disconnect watch (one object per request: each costs as much as a dozen lines)."""
 
-    def __init__(self, scope: Scope, receive: Receive, send: Send, max_body_size: int) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        max_body_size: int,
+        body_timeout_s: float | None,
+    ) -> None:
         self.request_id = ""
         self.content_length = -1
+        self.expects_body = False
         for key, value in scope["headers"]:
             if key == b"x-request-id":
-                self.request_id = value.decode("latin-1")
+                if CLIENT_REQUEST_ID.fullmatch(value):  # else a log line could be forged
+                    self.request_id = value.decode("ascii")
             elif key == b"content-length" and value.isdigit():
                 self.content_length = int(value)
+                self.expects_body = self.content_length > 0
+            elif key == b"transfer-encoding":
+                self.expects_body = True  # chunked
         if not self.request_id:
             self.request_id = new_request_id()
         self.header = (b"x-request-id", self.request_id.encode("latin-1"))
         self.server_receive = receive
         self.server_send = send
         self.max_body_size = max_body_size
+        self.body_timeout_s = body_timeout_s
         self.watchlist = watchlist()
         task = asyncio.current_task(self.watchlist.loop)
         assert task is not None
@@ -147,12 +182,14 @@ class Router:
         middleware: Sequence[Middleware] | None = None,
         request_timeout_s: float | None = None,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        body_timeout_s: float | None = DEFAULT_BODY_TIMEOUT_S,
         debug: bool = False,
         status_routes: bool = True,
     ) -> None:
         self.backend = backend
         self.request_timeout_s = request_timeout_s
         self.max_body_size = max_body_size
+        self.body_timeout_s = body_timeout_s
         self.debug = debug
         self.status_routes = status_routes  # `/-/healthz` and `/-/routes`
         self.routes: list[PrefixRoute] = []
@@ -200,15 +237,25 @@ class Router:
         root_path = scope.get("root_path", "")
         path = scope["path"]
         route_path = path[len(root_path) :] if root_path and path.startswith(root_path) else path
-        exchange = Exchange(scope, receive, send, self.max_body_size)
+        exchange = Exchange(scope, receive, send, self.max_body_size, self.body_timeout_s)
         if self.status_routes and route_path in STATUS_PATHS and scope["type"] == "http":
             await self.status_response(route_path, scope)(scope, receive, exchange.send)
             return
-        for route in self.routes:
-            found = route.match(route_path)
-            if found is not None:
-                break
-        else:
+        try:
+            for route in self.routes:
+                found = route.match(route_path)
+                if found is not None:
+                    break
+            else:
+                found = None
+        except BadPathParameter as exc:
+            if scope["type"] == "http":
+                response = error_response(400, str(exc), exchange.request_id)
+                await response(scope, receive, exchange.send)
+            else:
+                await send({"type": "websocket.close", "code": 1008})
+            return
+        if found is None:
             if await self.fall_through(scope, receive, send):
                 return
             if scope["type"] == "http":
@@ -273,6 +320,11 @@ class Router:
             return
         exchange.watchlist.add(exchange)
         try:
+            if exchange.expects_body:
+                await exchange.prefetch()
+                if exchange.disconnected:
+                    exchange.status = 499  # gone before its body came: nothing to run
+                    return
             if self.request_timeout_s is None:
                 await scheduler.handle(call, exchange.receive, exchange.send)
             else:
@@ -367,12 +419,14 @@ class Router:
             return error_response(504, str(exc), request_id)
         if isinstance(exc, BodyTooLarge):
             return error_response(413, str(exc), request_id)
-        if isinstance(exc, BackPressureError):
-            response = error_response(503, str(exc), request_id)
-            response.headers["retry-after"] = "1"
-            return response
-        if isinstance(exc, (DeploymentUnavailableError, ReplicaDiedError, RequestCancelledError)):
-            return error_response(503, str(exc), request_id)
+        if isinstance(exc, BodyTimeout):
+            return error_response(408, str(exc), request_id)
+        for kind, reason in UNAVAILABLE.items():
+            if isinstance(exc, kind):
+                logger.warning("request %s to application %r: %s", request_id, app_name, exc)
+                response = error_response(503, reason, request_id)
+                response.headers["retry-after"] = "1"
+                return response
         logger.error("request %s to application %r raised", request_id, app_name, exc_info=exc)
         extra: dict[str, Any] = {}
         if self.debug:

@@ -21,7 +21,7 @@ from starlette.types import Receive, Send
 from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
 from asgiserve.config import DeploymentConfig
 from asgiserve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaDiedError
-from asgiserve.loops import running_loop
+from asgiserve.loops import ignore_outcome, running_loop
 
 logger = logging.getLogger("asgiserve")
 
@@ -252,8 +252,11 @@ class Scheduler:
 
     # -- failure -----------------------------------------------------------------------
 
-    def lost(self, slot: Slot, reason: BaseException) -> None:
-        """Take a dead or unhealthy replica out of rotation and start its replacement."""
+    def lost(self, slot: Slot, reason: BaseException, answering: bool = True) -> None:
+        """Take a dead or unhealthy replica out of rotation and start its replacement.
+
+        One that still answers is stopped gracefully; one that does not, at once.
+        """
         if slot.dead or self.closed:
             return
         slot.dead = True
@@ -263,16 +266,17 @@ class Scheduler:
             "replica %s of %r is lost (%s); starting a replacement",
             slot.replica.replica_id, self.name, reason,
         )  # fmt: skip
-        task = asyncio.ensure_future(self.replace(slot))
+        task = asyncio.ensure_future(self.replace(slot, answering))
         self.background.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self.background.discard)
 
-    async def replace(self, old: Slot) -> None:
+    async def replace(self, old: Slot, answering: bool = True) -> None:
         loop = asyncio.get_running_loop()
         generation = self.generation
         self.deaths = 1 if loop.time() - old.born > CALM_AFTER_S else self.deaths + 1
         delay = RESTART_BACKOFF_S[min(self.deaths, len(RESTART_BACKOFF_S)) - 1]
-        stopping = asyncio.ensure_future(old.replica.stop(self.config.graceful_shutdown_timeout_s))
+        grace = self.config.graceful_shutdown_timeout_s if answering else 0
+        stopping = asyncio.ensure_future(old.replica.stop(grace))
         while generation == self.generation:
             await asyncio.sleep(delay)
             try:
@@ -297,18 +301,30 @@ class Scheduler:
         await stopping
 
     async def check_health(self) -> None:
-        """Every `health_check_period_s`, replace replicas whose check fails or hangs."""
+        """Every `health_check_period_s`, replace replicas whose check fails or hangs.
+
+        The checks run side by side and are not awaited past the timeout: a replica that
+        does not answer (a stopped process, a blocked event loop) may never answer its
+        cancel either. It is killed at once, which ends its check and its calls.
+        """
         period = self.config.health_check_period_s
         timeout = self.config.health_check_timeout_s
         while True:
             await asyncio.sleep(period)
-            for slot in list(self.slots):
-                try:
-                    await asyncio.wait_for(slot.replica.check_health(), timeout)
-                except Exception as exc:
-                    if isinstance(exc, asyncio.TimeoutError):
-                        exc = TimeoutError(f"check_health took over {timeout}s")
-                    self.lost(slot, exc)
+            checks = {
+                asyncio.ensure_future(slot.replica.check_health()): slot
+                for slot in list(self.slots)
+            }
+            if not checks:
+                continue
+            done, hung = await asyncio.wait(checks, timeout=timeout)
+            for check in done:
+                if check.exception() is not None:
+                    self.lost(checks[check], check.exception())  # type: ignore[arg-type]
+            for check in hung:
+                check.add_done_callback(ignore_outcome)
+                reason = TimeoutError(f"check_health did not answer within {timeout}s")
+                self.lost(checks[check], reason, answering=False)
 
     async def stop(self) -> None:
         """Stop the replicas; a later call starts new ones."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import importlib
 import importlib.machinery
 import inspect
@@ -159,6 +160,18 @@ def pickle_spec(spec: ReplicaSpec, by_value: bool = False) -> bytes:
         if linecache.getlines(filename)
     }
     return pickle.dumps((sources, data), protocol=5)
+
+
+def fingerprint(spec: ReplicaSpec) -> str:
+    """What a replica runs, the same for each replica of a deployment: its spec (options,
+    arguments, code sent by value) and the source of the module it is imported from."""
+    digest = hashlib.sha256(pickle_spec(dataclasses.replace(spec, replica_id="")))
+    module = sys.modules.get(getattr(spec.target, "__module__", "") or "")
+    source = getattr(module, "__file__", None)
+    if source is not None and os.path.isfile(source):
+        with open(source, "rb") as file:
+            digest.update(file.read())
+    return digest.hexdigest()[:16]
 
 
 def load_spec(payload: bytes) -> ReplicaSpec:

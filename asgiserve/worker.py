@@ -1,6 +1,6 @@
 """A worker process of the subprocess backend: one replica, served over an inherited socket.
 
-Started as `python -m asgiserve.worker FD` by `SubprocessBackend`, it reads its
+Started as `python -m asgiserve.worker FD MAX_FRAME_SIZE` by `SubprocessBackend`, it reads its
 `ReplicaSpec` from the socket, builds the `ReplicaRuntime` and answers READY (or the
 constructor's error), then serves calls until told to stop or until the server goes away.
 """
@@ -93,7 +93,7 @@ def not_yet(app_name: str, deployment_name: str) -> Upstream:
     )
 
 
-async def serve(sock: socket.socket, spec_data: bytes) -> None:
+async def serve(sock: socket.socket, spec_data: bytes, max_frame_size: int) -> None:
     registry.upstream = not_yet
     try:
         spec = load_spec(spec_data)
@@ -102,7 +102,8 @@ async def serve(sock: socket.socket, spec_data: bytes) -> None:
         write_frame(sock, (0, END, ([], remote_error(exc, "the replica's constructor"))))
         return
     worker = Worker(runtime)
-    channel = Channel(worker.serve, f"replica {spec.replica_id} (pid {os.getpid()})", 2, batch=True)
+    name = f"replica {spec.replica_id} (pid {os.getpid()})"
+    channel = Channel(worker.serve, name, 2, batch=True, max_frame_size=max_frame_size)
     registry.upstream = lambda app, deployment: Upstream(channel, app, deployment)
     write_frame(sock, (0, END, ([], None)))  # ready
     await channel.connect(sock)
@@ -120,9 +121,11 @@ def main() -> None:
     # after its in-flight calls have finished.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(sys.argv[1]))
+    sock.set_inheritable(False)  # a process the user's code starts must not hold it open
+    max_frame_size = int(sys.argv[2])
     threading.Thread(target=watch_parent, args=(os.getppid(),), daemon=True).start()
     try:
-        path, spec_data = read_frame(sock)
+        path, spec_data = read_frame(sock, max_frame_size)
     except ConnectionError:
         return  # the server gave up on us before sending our spec
     sys.path[:] = path
@@ -133,9 +136,9 @@ def main() -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(sock, spec_data))
+        asyncio.run(serve(sock, spec_data, max_frame_size))
     else:
-        uvloop.run(serve(sock, spec_data))
+        uvloop.run(serve(sock, spec_data, max_frame_size))
 
 
 if __name__ == "__main__":

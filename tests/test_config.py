@@ -19,7 +19,7 @@ def test_deployment_option_defaults_and_checks() -> None:
     def f() -> None: ...
 
     assert f.config.max_ongoing_requests == DEFAULT_MAX_ONGOING_REQUESTS
-    assert f.config.max_queued_requests == -1
+    assert f.config.max_queued_requests == 1000  # finite: memory stays bounded
     with pytest.raises(ValueError, match="max_ongoing_requests must be at least 1"):
         f.options(max_ongoing_requests=0)
     with pytest.raises(ValueError, match="max_queued_requests must be -1"):

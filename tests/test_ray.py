@@ -37,13 +37,19 @@ def client(live: LiveServer, ray_cluster: Any) -> Iterator[httpx.Client]:
 
 
 def named_actors(prefix: str) -> list[str]:
+    """Actor names without their fingerprint (`where#Where#1@3fa2...` as `where#Where#1`)."""
+    from asgiserve.backends.ray import named_actors as full_names
+
+    return sorted(name.partition("@")[0] for name in full_names(prefix))
+
+
+def actor(replica_id: str) -> Any:
     import ray
 
-    return sorted(
-        actor["name"]
-        for actor in ray.util.list_named_actors(all_namespaces=True)
-        if actor["namespace"] == "asgiserve" and actor["name"].startswith(prefix)
-    )
+    from asgiserve.backends.ray import named_actors as full_names
+
+    [name] = full_names(replica_id + "@")
+    return ray.get_actor(name, namespace="asgiserve")
 
 
 @asgiserve.deployment(num_replicas=2, max_ongoing_requests=20)
@@ -69,7 +75,7 @@ def test_replicas_are_named_actors_and_a_killed_one_fails_only_its_requests(
     assert named_actors("where#") == ["where#Where#1", "where#Where#2"]
     pids = eventually(lambda: len(s := {pid_of(client) for _ in range(20)}) > 1 and s)
     assert os.getpid() not in pids
-    victim = ray.get_actor("where#Where#1", namespace="asgiserve")
+    victim = actor("where#Where#1")
 
     with ThreadPoolExecutor(20) as pool:
         slow = [pool.submit(client.get, "/?sleep=1.5") for _ in range(20)]
@@ -126,7 +132,7 @@ def test_a_replica_ray_cannot_place_does_not_answer_until_it_can(ray_cluster: An
         assert not started.done()
         import ray
 
-        ray.kill(ray.get_actor("big#Unplaceable#1", namespace="asgiserve"))
+        ray.kill(actor("big#Unplaceable#1"))
         with pytest.raises(asgiserve.exceptions.ReplicaDiedError):
             started.result(timeout=30)
 
@@ -181,6 +187,43 @@ def test_two_servers_share_one_set_of_replicas_by_application_name(
         for server in servers:
             server.wait(timeout=30)
     eventually(lambda: not named_actors("shared#"))  # gone with the server that made it
+
+
+def test_servers_with_other_code_under_one_name_get_their_own_replicas(
+    tmp_path: Path, ray_cluster: Any
+) -> None:
+    """Actors are shared by name only when they run the same code: a second server with a
+    Counter of its own under the application name `shared` must not serve the first's."""
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    for folder, start in ((first_dir, "0"), (second_dir, "1000")):
+        folder.mkdir()
+        (folder / "shared_app.py").write_text(
+            textwrap.dedent(SHARED_APP).replace("self.count = 0", f"self.count = {start}")
+        )
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    env.pop("ASGISERVE_BACKEND", None)
+    ports = [free_port(), free_port()]
+    servers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "shared_app:app", "--port", str(port)],
+            env={**env, "PYTHONPATH": os.pathsep.join([str(folder), *sys.path])},
+            cwd=folder,
+        )
+        for port, folder in zip(ports, (first_dir, second_dir), strict=True)
+    ]
+    try:
+        for port, server in zip(ports, servers, strict=True):
+            wait_for_port(port, server, timeout=90)
+        first, second = (httpx.get(f"http://127.0.0.1:{p}/", timeout=30).json() for p in ports)
+        assert first["count"] == 1 and second["count"] == 1001  # each its own code
+        assert first["pid"] != second["pid"]
+        assert named_actors("shared#") == ["shared#Counter#1", "shared#Counter#1"]
+    finally:
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            server.wait(timeout=30)
+    eventually(lambda: not named_actors("shared#"))
 
 
 CONNECT_SCRIPT = """

@@ -156,7 +156,7 @@ def cast(arr: NDArray[Any], dtype: Any, loc: Loc) -> NDArray[Any]:
         raise invalid(loc, f"`dtype` must be a string such as 'float32', got {kind(dtype)}")
     try:
         target = np.dtype(dtype)
-    except TypeError:
+    except Exception:  # numpy parses the string: TypeError, ValueError, SyntaxError...
         raise invalid(loc, f"unknown dtype {dtype!r}"[:200]) from None
     if target.kind not in NUMERIC_KINDS:
         raise invalid(

@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 if TYPE_CHECKING:
     from asgiserve.config import DeploymentConfig
 
+STOP_GRACE_S = 1.0  # how long past its graceful timeout a replica may take to stop
 RESULT = "asgiserve.result"
 ITEM = "asgiserve.item"
 
@@ -76,7 +77,11 @@ class Replica(ABC):
 
     @abstractmethod
     async def stop(self, timeout_s: float) -> None:
-        """Let in-flight calls finish within `timeout_s`, run ingress shutdown, release it."""
+        """Let in-flight calls finish within `timeout_s`, run ingress shutdown, release it.
+
+        Returns within `timeout_s` plus `STOP_GRACE_S` whatever the replica does: one that
+        does not answer (stopped, its event loop blocked) is killed.
+        """
 
 
 class Backend(ABC):

@@ -12,8 +12,9 @@ per call:
     CANCEL  caller -> callee   cancel the callee's task; it still answers END
 
 So a small request is one CALL frame and its response one SEND frame (frames: `wire.py`).
-Large frames are read straight into memory of their own, so a numpy array that arrives
-out of band is not copied again.
+Large frames are read into memory of their own, so a numpy array that arrives out of band
+is not copied again; that memory grows as the bytes arrive, never on a length's word
+alone, and a frame over `max_frame_size` ends the connection.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -42,6 +44,10 @@ from asgiserve.loops import serving_loop
 CALL, SEND, PULL, RECV, END, CANCEL = range(6)
 FAILED = 6  # not on the wire: our own `receive` failed while answering a PULL
 READ_BUFFER = 256 * 1024
+BIG_FIRST = 16 * 1024 * 1024  # a large frame's memory starts here and doubles as it fills
+DEFAULT_MAX_FRAME_SIZE = 4 * 1024**3  # bytes: room for real arrays, not for a garbled length
+
+logger = logging.getLogger("asgiserve")
 
 Target = tuple[str, str] | None  # (application, deployment) for calls into the server
 Serve = Callable[[Target, Call, Receive, Send], Awaitable[None]]
@@ -104,10 +110,18 @@ class Channel(asyncio.BufferedProtocol):
     caller on the background loop) get their messages handed over thread-safely.
     """
 
-    def __init__(self, serve: Serve, name: str, first_id: int, batch: bool = False) -> None:
+    def __init__(
+        self,
+        serve: Serve,
+        name: str,
+        first_id: int,
+        batch: bool = False,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
         self.serve = serve
         self.name = name
         self.batch = batch
+        self.max_frame_size = max_frame_size
         self.ids = itertools.count(first_id, 2)  # the two ends use odd and even ids
         self.outgoing: dict[int, Outgoing] = {}
         self.incoming: dict[int, Incoming] = {}
@@ -123,6 +137,7 @@ class Channel(asyncio.BufferedProtocol):
         self.start = self.end = 0
         self.big: bytearray | None = None
         self.big_filled = 0
+        self.big_length = 0
 
     async def connect(self, sock: socket.socket) -> None:
         """Serve the connection on the running loop, until it is lost or the loop ends."""
@@ -330,8 +345,11 @@ class Channel(asyncio.BufferedProtocol):
                     outgoing.loop.call_soon_threadsafe(outgoing.put, (op, payload))
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self.big is not None:
-            return memoryview(self.big)[self.big_filled :]
+        big = self.big
+        if big is not None:
+            if self.big_filled == len(big):  # grown here: no view of it is held now
+                big.extend(bytes(min(len(big), self.big_length - len(big))))
+            return memoryview(big)[self.big_filled :]
         if self.end == len(self.buffer):  # move the unread part to the front
             unread = self.end - self.start
             self.buffer[:unread] = self.buffer[self.start : self.end]
@@ -341,7 +359,7 @@ class Channel(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self.big is not None:
             self.big_filled += nbytes
-            if self.big_filled == len(self.big):
+            if self.big_filled == self.big_length:
                 body, self.big = self.big, None
                 self.dispatch(decode(memoryview(body), owned=True))
             return
@@ -353,10 +371,20 @@ class Channel(asyncio.BufferedProtocol):
             if available >= length:
                 self.start = body_start + length
                 self.dispatch(decode(self.view[body_start : self.start], owned=False))
+            elif length > self.max_frame_size:
+                logger.error(
+                    "%s sent a frame of %d bytes, over max_frame_size=%d; closing its channel",
+                    self.name, length, self.max_frame_size,
+                )  # fmt: skip
+                assert self.transport is not None
+                self.transport.abort()
+                self.start = self.end = 0
+                return
             elif length > len(self.buffer) // 2:  # a large frame: read it into its own memory
-                self.big = bytearray(length)
+                self.big = bytearray(max(available, min(length, BIG_FIRST)))
                 self.big[:available] = self.view[body_start : self.end]
                 self.big_filled = available
+                self.big_length = length
                 self.start = self.end = 0
                 return
             else:

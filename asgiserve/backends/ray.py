@@ -3,17 +3,21 @@
 Each replica is one actor wrapping the same `ReplicaRuntime`. The server calls its actors
 directly (no proxy actor in between), with the ASGI exchange stretched over two methods:
 
-    begin(call, first)  a plain actor call: runs the call and returns its first messages,
-                        which for a small request is the whole response
-    more(request_id)    a streaming generator: the rest of a streaming response or of a
-                        handle's stream, each batch as soon as it is produced
+    begin(key, call, first)  a plain actor call: runs the call and returns its first
+                             messages, which for a small request is the whole response
+    more(key)                a streaming generator: the rest of a streaming response or
+                             of a handle's stream, each batch as soon as it is produced
+
+`key` is a secret the server makes per call, so no client can reach another's messages.
 
 When the replica awaits `receive()` a second time (a streamed body, a WebSocket), it sends
 a PULL marker and the server answers with `deliver`. Cancelling the caller's task
 `ray.cancel`s the call, which raises `CancelledError` in the user's handler.
 
-Actors are named by replica id in the `asgiserve` namespace, so servers that deploy the
-same application on one cluster share its replicas instead of starting their own.
+Actors are named by replica id and a fingerprint of the code and options they run, in the
+`asgiserve` namespace, so servers that deploy the same application on one cluster share
+its replicas instead of starting their own, and a server deploying other code under the
+same application name gets actors of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import collections
 import contextlib
 import functools
 import logging
+import secrets
 import signal
 import threading
 import time
@@ -32,10 +37,10 @@ from typing import Any
 from starlette.types import Message, Receive, Send
 
 from asgiserve import registry
-from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
+from asgiserve.backends.base import STOP_GRACE_S, Backend, Call, Replica, ReplicaSpec
 from asgiserve.backends.wire import wire_scope
 from asgiserve.exceptions import DeploymentUnavailableError, ReplicaDiedError
-from asgiserve.shipping import module_to_copy, pickle_spec, worker_path
+from asgiserve.shipping import fingerprint, module_to_copy, pickle_spec, worker_path
 
 try:
     import ray
@@ -66,11 +71,7 @@ class RayUpstream:
         self.in_flight: collections.Counter[str] = collections.Counter()  # by replica id
 
     def actors(self, prefix: str) -> list[RayReplica]:
-        return [
-            RayReplica(ray.get_actor(actor["name"], NAMESPACE), actor["name"])
-            for actor in ray.util.list_named_actors(all_namespaces=True)
-            if actor["namespace"] == NAMESPACE and actor["name"].startswith(prefix)
-        ]
+        return [RayReplica(ray.get_actor(name, NAMESPACE), name) for name in named_actors(prefix)]
 
     def find(self) -> list[RayReplica]:
         if self.deployment_name == registry.INGRESS:  # `get_app_handle`: ask the app's replicas
@@ -106,9 +107,9 @@ class RayUpstream:
 class Pulls:
     """The server's answers to a replica's `receive()` calls; a failing one ends the call."""
 
-    def __init__(self, actor: Any, request_id: str, receive: Receive) -> None:
+    def __init__(self, actor: Any, key: str, receive: Receive) -> None:
         self.actor = actor
-        self.request_id = request_id
+        self.key = key
         self.receive = receive
         self.tasks: list[asyncio.Task[None]] = []
         self.error: Exception | None = None
@@ -127,7 +128,7 @@ class Pulls:
             self.caller.cancel()
             return
         with contextlib.suppress(RayActorError):
-            await self.actor.deliver.remote(self.request_id, message)
+            await self.actor.deliver.remote(self.key, message)
 
     def close(self) -> None:
         for task in self.tasks:
@@ -145,9 +146,10 @@ async def forward(messages: list[Message], send: Send, pulls: Pulls) -> None:
 class RayReplica(Replica):
     """An actor as the scheduler sees it; `maker` is our backend if this process made it."""
 
-    def __init__(self, actor: Any, replica_id: str, maker: RayBackend | None = None) -> None:
+    def __init__(self, actor: Any, name: str, maker: RayBackend | None = None) -> None:
         self.actor = actor
-        self.replica_id = replica_id
+        self.name = name  # the actor's: the replica id, then a fingerprint of its code
+        self.replica_id = name.partition("@")[0]
         self.maker = maker
         self.dead = False
 
@@ -167,9 +169,12 @@ class RayReplica(Replica):
             assert call.scope is not None
             call.scope = wire_scope(call.scope)  # the router made this call for us alone
             first = await receive()
-        pulls = Pulls(self.actor, call.request_id, receive)
+        # The actor knows the call by a key of ours, never by the client's x-request-id
+        # or anything a client could guess from the ids it is shown.
+        key = secrets.token_hex(16)
+        pulls = Pulls(self.actor, key, receive)
         try:
-            await self.exchange(call, first, send, pulls)
+            await self.exchange(key, call, first, send, pulls)
         except asyncio.CancelledError:
             if pulls.error is None:
                 raise
@@ -178,28 +183,29 @@ class RayReplica(Replica):
         finally:
             pulls.close()
 
-    async def exchange(self, call: Call, first: Message | None, send: Send, pulls: Pulls) -> None:
-        request_id = call.request_id
-        pending: Any = self.actor.begin.remote(call, first)
+    async def exchange(
+        self, key: str, call: Call, first: Message | None, send: Send, pulls: Pulls
+    ) -> None:
+        pending: Any = self.actor.begin.remote(key, call, first)
         try:
             messages, done, error = await pending
             pending = None
             await forward(messages, send, pulls)
             if not done:
-                pending = self.actor.more.options(num_returns="streaming").remote(request_id)
+                pending = self.actor.more.options(num_returns="streaming").remote(key)
                 async for ref in pending:
                     messages, done, error = await ref
                     await forward(messages, send, pulls)
                 pending = None
         except asyncio.CancelledError:
-            await self.cancel(request_id, pending)
+            await self.cancel(key, pending)
             raise
         except RayActorError as exc:
             raise self.died(exc) from None
         if error is not None:
             raise error
 
-    async def cancel(self, request_id: str, pending: Any) -> None:
+    async def cancel(self, key: str, pending: Any) -> None:
         """`ray.cancel` the call, then hold our slot until the user's code has stopped."""
         if pending is not None:
             # Not recursive: the handler's own calls are cancelled by asyncio, as on every
@@ -213,7 +219,7 @@ class RayReplica(Replica):
                     await pending
         # The call may have been between two actor calls, where ray.cancel cannot reach it.
         with contextlib.suppress(Exception):
-            await self.actor.cancel.remote(request_id)
+            await self.actor.cancel.remote(key)
 
     async def start(self) -> None:
         try:
@@ -235,9 +241,18 @@ class RayReplica(Replica):
             return
         if not self.dead:
             with contextlib.suppress(Exception, asyncio.TimeoutError):
-                await asyncio.wait_for(self.actor.stop.remote(timeout_s), timeout_s + 5)
-        await asyncio.to_thread(kill, self.actor, self.replica_id)
-        self.maker.live.discard(self.replica_id)
+                await asyncio.wait_for(self.actor.stop.remote(timeout_s), timeout_s + STOP_GRACE_S)
+        await asyncio.to_thread(kill, self.actor, self.name)
+        self.maker.live.discard(self.name)
+
+
+def named_actors(prefix: str) -> list[str]:
+    """Names of asgiserve's actors on the cluster that start with `prefix`."""
+    return [
+        actor["name"]
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if actor["namespace"] == NAMESPACE and actor["name"].startswith(prefix)
+    ]
 
 
 def can_send_by_value(error: BaseException | None, spec: ReplicaSpec) -> bool:
@@ -302,13 +317,21 @@ class RayBackend(Backend):
 
     def start_replica(self, spec: ReplicaSpec) -> Replica:
         self.connect()
-        name = spec.replica_id
+        # Servers share an actor only when they would run the same code and options.
+        base = name = f"{spec.replica_id}@{fingerprint(spec)}"
         with self.lock:
             n = 1
             while name in self.live:  # this process redeployed the application under it
                 n += 1
-                name = f"{spec.replica_id}.{n}"
+                name = f"{base}.{n}"
             self.live.add(name)
+        others = [other for other in named_actors(f"{spec.replica_id}@") if other != name]
+        if others and not any(other.startswith(base) for other in others):
+            logger.info(
+                "replica %s: the Ray actors under this name (%s) run other code or options "
+                "(another server's deployment); this server starts its own",
+                spec.replica_id, ", ".join(others),
+            )  # fmt: skip
         try:
             return self.create(spec, name)
         except BaseException:

@@ -139,8 +139,9 @@ class ReplicaActor:
             self.started = True
             await self.runtime.start()
 
-    async def begin(self, call: Call, first: Message | None) -> Batch:
-        exchange = self.exchanges[call.request_id] = Exchange(self.runtime, call, first)
+    async def begin(self, key: str, call: Call, first: Message | None) -> Batch:
+        """Start a call, known from now on by `key`: a secret of the server's, unique."""
+        exchange = self.exchanges[key] = Exchange(self.runtime, call, first)
         try:
             batch = await exchange.batch()
         except asyncio.CancelledError:
@@ -148,11 +149,11 @@ class ReplicaActor:
             raise
         finally:
             if exchange.task.done():
-                self.exchanges.pop(call.request_id, None)
+                self.exchanges.pop(key, None)
         return batch
 
-    async def more(self, request_id: str) -> AsyncIterator[Batch]:
-        exchange = self.exchanges[request_id]
+    async def more(self, key: str) -> AsyncIterator[Batch]:
+        exchange = self.exchanges[key]
         try:
             while True:
                 batch = await exchange.batch()
@@ -164,15 +165,15 @@ class ReplicaActor:
             raise
         finally:
             if exchange.task.done():
-                self.exchanges.pop(request_id, None)
+                self.exchanges.pop(key, None)
 
-    async def deliver(self, request_id: str, message: Message) -> None:
-        exchange = self.exchanges.get(request_id)
+    async def deliver(self, key: str, message: Message) -> None:
+        exchange = self.exchanges.get(key)
         if exchange is not None and exchange.inbox is not None and not exchange.inbox.done():
             exchange.inbox.set_result(message)
 
-    async def cancel(self, request_id: str) -> None:
-        exchange = self.exchanges.pop(request_id, None)
+    async def cancel(self, key: str) -> None:
+        exchange = self.exchanges.pop(key, None)
         if exchange is not None:
             await exchange.cancel()
 

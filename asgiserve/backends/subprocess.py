@@ -20,12 +20,13 @@ from typing import IO, Any
 from starlette.types import Message, Receive, Send
 
 from asgiserve import registry
-from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
-from asgiserve.backends.channel import Channel, Target
+from asgiserve.backends.base import STOP_GRACE_S, Backend, Call, Replica, ReplicaSpec
+from asgiserve.backends.channel import DEFAULT_MAX_FRAME_SIZE, Channel, Target
 from asgiserve.backends.wire import read_frame, wire_scope, write_frame
 from asgiserve.context import new_request_id
 from asgiserve.exceptions import ReplicaDiedError
 from asgiserve.handle import never
+from asgiserve.loops import ignore_outcome
 from asgiserve.shipping import pickle_spec, worker_path
 
 EXIT_WAIT_S = 5.0
@@ -53,8 +54,9 @@ async def serve_upstream(target: Target, call: Call, receive: Receive, send: Sen
 class SubprocessReplica(Replica):
     """One worker process. Blocks in `__init__` until the user's constructor has run."""
 
-    def __init__(self, spec: ReplicaSpec) -> None:
+    def __init__(self, spec: ReplicaSpec, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.spec = spec
+        self.max_frame_size = max_frame_size
         self.replica_id = spec.replica_id
         payload = (worker_path(), pickle_spec(spec))  # before any process: this may fail
         ours, theirs = socket.socketpair()
@@ -63,7 +65,7 @@ class SubprocessReplica(Replica):
         self.channel: Channel | None = None
         self.bind_lock = threading.Lock()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "asgiserve.worker", str(theirs.fileno())],
+            [sys.executable, "-m", "asgiserve.worker", str(theirs.fileno()), str(max_frame_size)],
             pass_fds=(theirs.fileno(),),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -79,9 +81,12 @@ class SubprocessReplica(Replica):
             name=f"asgiserve-output-{self.process.pid}",
             daemon=True,
         ).start()
+        threading.Thread(
+            target=self.watch_exit, name=f"asgiserve-exit-{self.process.pid}", daemon=True
+        ).start()
         try:
             write_frame(ours, payload)
-            _, _, (_, error) = read_frame(ours)
+            _, _, (_, error) = read_frame(ours, max_frame_size)
         except ConnectionError:
             code = self.process.wait()
             error = ReplicaDiedError(f"{self.name} exited with code {code} while starting")
@@ -101,7 +106,8 @@ class SubprocessReplica(Replica):
             channel = self.connected()
             if channel is not None:
                 return channel
-            channel = self.channel = Channel(serve_upstream, self.name, 1)
+            channel = Channel(serve_upstream, self.name, 1, max_frame_size=self.max_frame_size)
+            self.channel = channel
             channel.ids = self.ids  # ids stay unique across the loops that serve us
         # Each loop reads through its own duplicate of the socket: a loop that has ended
         # keeps its transport, and closing that must not close the connection.
@@ -130,11 +136,19 @@ class SubprocessReplica(Replica):
         await self.control("check_health")
 
     async def stop(self, timeout_s: float) -> None:
-        """Drain in-flight calls for up to `timeout_s`, then the worker exits (or is killed)."""
+        """Drain in-flight calls for up to `timeout_s`, then the worker exits (or is killed).
+
+        The stop call is not awaited past its time: a worker that does not answer it (a
+        stopped process, a blocked loop) would not answer its cancel either. Killing the
+        worker ends it, and every call still waiting on the worker.
+        """
+        grace = 0.0
         if self.process.poll() is None:
-            with contextlib.suppress(Exception, asyncio.TimeoutError):
-                await asyncio.wait_for(self.control("stop", timeout_s), timeout_s + EXIT_WAIT_S)
-        await asyncio.to_thread(self.kill, EXIT_WAIT_S)
+            stopping = asyncio.ensure_future(self.control("stop", timeout_s))
+            stopping.add_done_callback(ignore_outcome)
+            await asyncio.wait((stopping,), timeout=timeout_s + STOP_GRACE_S)
+            grace = EXIT_WAIT_S if stopping.done() else 0.0  # it answered: it is exiting
+        await asyncio.to_thread(self.kill, grace)
 
     def kill(self, grace_s: float = 0) -> None:
         """Wait up to `grace_s` for the worker to exit, then kill it; release the socket."""
@@ -143,19 +157,37 @@ class SubprocessReplica(Replica):
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self.close_channel()
+        self.sock.close()
+
+    def watch_exit(self) -> None:
+        """The worker's exit ends its calls at once, even while a child of the worker (a
+        `subprocess` it ran) still holds its end of the socket open."""
+        self.process.wait()
+        self.close_channel()
+
+    def close_channel(self) -> None:
         channel = self.channel
         if channel is not None and channel.loop is not None and not channel.loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 channel.loop.call_soon_threadsafe(channel.close)
-        self.sock.close()
 
 
 class SubprocessBackend(Backend):
-    """Each replica a worker process: off the server's event loop and GIL, crash-isolated."""
+    """Each replica a worker process: off the server's event loop and GIL, crash-isolated.
+
+    `max_frame_size` caps one message between the server and a worker (a call's
+    arguments, a result, a response chunk), both ways: past it the channel is closed.
+    """
 
     name = "subprocess"
     starts_in_parallel = True
 
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        if max_frame_size < 1024 * 1024:
+            raise ValueError(f"max_frame_size must be at least 1 MiB, got {max_frame_size}")
+        self.max_frame_size = max_frame_size
+
     def start_replica(self, spec: ReplicaSpec) -> Replica:
-        return SubprocessReplica(spec)
+        return SubprocessReplica(spec, self.max_frame_size)
 

@@ -157,9 +157,11 @@ def write_frame(sock: socket.socket, frame: Any) -> None:
         sock.sendall(piece)
 
 
-def read_frame(sock: socket.socket) -> Any:
+def read_frame(sock: socket.socket, max_size: int) -> Any:
     """Blocking read of exactly one frame, for the start-up handshake."""
     (length,) = LENGTH.unpack(read_exactly(sock, LENGTH.size))
+    if length > max_size:
+        raise ConnectionError(f"a frame of {length} bytes is over max_frame_size={max_size}")
     return decode(memoryview(read_exactly(sock, length)), owned=True)
 
 
