@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -251,6 +252,48 @@ def test_without_an_address_a_local_ray_starts_and_shutdown_stops_it(tmp_path: P
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "hello", "False"]
+
+
+LOCAL_RAY_APP = """
+    import asgiserve
+    from fastapi import FastAPI
+
+    @asgiserve.deployment
+    def hello():
+        return "hello"
+
+    asgiserve.run(hello.bind(), name="hello", route_prefix="/hello", backend="ray")
+    app = FastAPI(lifespan=asgiserve.router.lifespan)
+    app.mount("/", asgiserve.router)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_local_ray_the_server_started_stops_with_it(tmp_path: Path, sig: int) -> None:
+    from asgiserve.backends.ray_watch import alive, ray_descendants
+
+    (tmp_path / "local_ray_app.py").write_text(textwrap.dedent(LOCAL_RAY_APP))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    for name in ("RAY_ADDRESS", "ASGISERVE_BACKEND"):
+        env.pop(name, None)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "local_ray_app:app", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        wait_for_port(port, server, timeout=120)
+        assert httpx.get(f"http://127.0.0.1:{port}/hello", timeout=60).text == "hello"
+        ray_processes = ray_descendants(server.pid)
+        assert len(ray_processes) >= 3  # gcs, raylet, agents, the replica's worker...
+        server.send_signal(sig)
+        server.wait(timeout=60)
+        eventually(lambda: not any(alive(pid) for pid in ray_processes), timeout=15)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 def test_without_ray_installed_the_error_names_the_extra() -> None:

@@ -27,8 +27,11 @@ import collections
 import contextlib
 import functools
 import logging
+import os
 import secrets
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -246,6 +249,21 @@ class RayReplica(Replica):
         self.maker.live.discard(self.name)
 
 
+watcher: subprocess.Popen[bytes] | None = None
+
+
+def watch_local_ray() -> None:
+    """A Ray this process started stops with it, even when it is killed (`ray_watch`)."""
+    global watcher
+    if watcher is None or watcher.poll() is not None:
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "asgiserve.backends.ray_watch", str(os.getpid())],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+
 def named_actors(prefix: str) -> list[str]:
     """Names of asgiserve's actors on the cluster that start with `prefix`."""
     return [
@@ -313,6 +331,7 @@ class RayBackend(Backend):
             if main:  # ray.init replaces it; the web server's own must stay
                 signal.signal(signal.SIGTERM, handler)
             self.started_ray = True
+            watch_local_ray()  # ends only what this process started: its descendants
             register_serializers()
 
     def start_replica(self, spec: ReplicaSpec) -> Replica:
