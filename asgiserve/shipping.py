@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import importlib.machinery
 import inspect
+import io
 import linecache
 import os
 import pickle
@@ -196,8 +197,6 @@ def unshippable_message(spec: ReplicaSpec, exc: Exception, pickler: type) -> str
 
 def find_unpicklable(root: Any, pickler: type, name: str) -> str:
     """The deepest attribute path under `root` that fails to pickle, for the error."""
-    import io
-
     def fails(value: Any) -> bool:
         try:
             pickler(io.BytesIO(), protocol=5).dump(value)
