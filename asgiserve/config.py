@@ -7,11 +7,13 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
-# Finite, so that memory stays bounded under any overload: a queued HTTP request holds its
-# scope and at most a small read-ahead of its body, so 1,000 of them stay well under 100 MB
-# per deployment; past that, 503 with Retry-After at once. -1 lifts the limit (a program
-# fanning out more handle calls than that at once, trusted code only).
-DEFAULT_MAX_QUEUED_REQUESTS = 1000
+# None: twice what the deployment's replicas serve at once, and at least 100. Finite, so
+# memory stays bounded under any overload (a queued HTTP request holds its scope and about
+# half a MB of body buffers at most), and relative, so a queued request waits about two
+# handler durations rather than seconds: past it, 503 with Retry-After at once. -1 lifts
+# the limit (a program fanning out more handle calls than that at once, trusted code only).
+DEFAULT_MAX_QUEUED_REQUESTS: int | None = None
+MIN_DEFAULT_QUEUE = 100
 DEFAULT_HEALTH_CHECK_PERIOD_S = 10.0
 DEFAULT_HEALTH_CHECK_TIMEOUT_S = 30.0
 DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S = 20.0
@@ -30,7 +32,7 @@ class DeploymentConfig:
     name: str
     num_replicas: int = 1
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS
-    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
+    max_queued_requests: int | None = DEFAULT_MAX_QUEUED_REQUESTS
     backend: Any = None
     ray_actor_options: dict[str, Any] | None = None
     health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S
@@ -44,11 +46,28 @@ class DeploymentConfig:
             raise ValueError(
                 f"max_ongoing_requests must be at least 1, got {self.max_ongoing_requests}"
             )
-        if self.max_queued_requests < -1:
+        if self.max_queued_requests is not None and self.max_queued_requests < -1:
             raise ValueError(
                 "max_queued_requests must be -1 (no limit) or at least 0, "
                 f"got {self.max_queued_requests}"
             )
+
+    @property
+    def queue_limit(self) -> int:
+        """How many requests may wait for a replica; -1 for no limit."""
+        if self.max_queued_requests is not None:
+            return self.max_queued_requests
+        return max(MIN_DEFAULT_QUEUE, 2 * self.num_replicas * self.max_ongoing_requests)
+
+    @property
+    def queue_rule(self) -> str:
+        """The queue limit as an error message names it."""
+        if self.max_queued_requests is not None:
+            return f"max_queued_requests={self.max_queued_requests}"
+        return (
+            f"max_queued_requests is not set, so {self.queue_limit}: twice what the "
+            f"replicas serve at once, at least {MIN_DEFAULT_QUEUE}"
+        )
 
     def with_options(self, **options: Any) -> DeploymentConfig:
         known = {f.name for f in fields(self)}

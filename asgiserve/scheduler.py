@@ -162,11 +162,11 @@ class Scheduler:
             if slot is not None:
                 slot.in_flight += 1
                 return slot
-            limit = self.config.max_queued_requests
+            limit = self.config.queue_limit
             if limit != -1 and len(self.waiters) >= limit:
                 raise BackPressureError(
-                    f"deployment {self.name!r} has {len(self.waiters)} requests queued "
-                    f"(max_queued_requests={limit}); try again later"
+                    f"deployment {self.name!r} has {len(self.waiters)} requests queued, "
+                    f"its limit ({self.config.queue_rule}); try again later"
                 )
             waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)

@@ -117,7 +117,6 @@ class RequestWatch:
     watchlist: Watchlist
     # Class-level defaults: a fast request sets none of these.
     pending: deque[Message] | None = None
-    first: Message | None = None  # read by `prefetch`, before the handler asked
     arrived: asyncio.Future[None] | None = None
     room: asyncio.Future[None] | None = None  # the watcher waits for the handler to read
     watcher: asyncio.Task[None] | None = None
@@ -137,7 +136,8 @@ class RequestWatch:
         if self.reading:
             self.wanted = True  # take over when the handler's read returns
             return
-        self.pending = deque()
+        if self.pending is None:
+            self.pending = deque()
         self.watcher = self.task.get_loop().create_task(self.watch())
 
     async def watch(self) -> None:
@@ -202,18 +202,18 @@ class RequestWatch:
         client that sends headers and then nothing holds no slot, only its timeout."""
         self.reading += 1
         try:
-            self.first = await self.from_server()
+            message = await self.from_server()
         finally:
             self.reading -= 1
+        self.pending = deque((message,))
+        self.ahead += len(message.get("body", b""))  # counted, so the watcher reads no more
         if self.wanted and not self.disconnected:
             self.wanted = False
             self.start()
 
     async def receive(self) -> Message:
-        if self.first is not None:
-            message, self.first = self.first, None
-            return message
-        if self.watcher is None:
+        pending = self.pending
+        if self.watcher is None and not pending:
             self.reading += 1
             try:
                 message = await self.from_server()
@@ -223,7 +223,6 @@ class RequestWatch:
                 self.wanted = False
                 self.start()
             return message
-        pending = self.pending
         assert pending is not None
         while not pending:
             if self.failure is not None:

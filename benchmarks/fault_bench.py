@@ -50,11 +50,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server(backend: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def server(
+    backend: str, app: str = "fault_app:app"
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     port = free_port()
     env = {**os.environ, "FAULT_BACKEND": backend, "RAY_USAGE_STATS_ENABLED": "0"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), "fault_app:app",
+        [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), app,
          "--port", str(port), "--log-level", "error", "--backlog", "4096"],
         env=env, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -284,8 +286,7 @@ def overload_figures(url: str, process: subprocess.Popen[bytes]) -> dict[str, An
     return {
         "connections": 1280,
         "requests": report.get("requests"),
-        "max_latency_ms": round(latency.get("max", 0) / 1000),
-        "p99_ms": round(latency.get("p99", 0) / 1000),
+        **{f"{p}_ms": round(latency.get(p, 0) / 1000) for p in ("p50", "p90", "p99", "max")},
         "errors (status = non-2xx, the 503s)": report.get("errors"),
         "rss_before_mb": round(before),
         "rss_peak_mb": round(peak),
@@ -336,6 +337,10 @@ def disconnect_figures(url: str, process: subprocess.Popen[bytes]) -> dict[str, 
     }
 
 
+BARE = {"uploads": uploads_figures, "overload": overload_figures}
+BARE_KEY = {"uploads": "rss_growth_mb", "overload": "p99_ms"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="subprocess")
@@ -360,6 +365,13 @@ def main() -> None:
             else:
                 results[name] = disconnect_figures(url, process)
         print(f"{name}: {json.dumps(results[name])}", flush=True)
+        if name in BARE:  # the same load on bare Starlette, for the ratio
+            with server(args.backend, "fault_bare:app") as (url, process):
+                bare = BARE[name](url, process)
+            print(f"{name} on bare Starlette: {json.dumps(bare)}", flush=True)
+            key = BARE_KEY[name]
+            if bare[key]:
+                print(f"{name} ratio ({key}): {results[name][key] / bare[key]:.2f}", flush=True)
 
 
 if __name__ == "__main__":

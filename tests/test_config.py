@@ -19,7 +19,11 @@ def test_deployment_option_defaults_and_checks() -> None:
     def f() -> None: ...
 
     assert f.config.max_ongoing_requests == DEFAULT_MAX_ONGOING_REQUESTS
-    assert f.config.max_queued_requests == 1000  # finite: memory stays bounded
+    # finite, so memory stays bounded; relative, so a queued request waits briefly
+    assert f.config.queue_limit == 100
+    assert f.options(num_replicas=2, max_ongoing_requests=64).config.queue_limit == 256
+    assert f.options(max_queued_requests=7).config.queue_limit == 7
+    assert f.options(max_queued_requests=-1).config.queue_limit == -1
     with pytest.raises(ValueError, match="max_ongoing_requests must be at least 1"):
         f.options(max_ongoing_requests=0)
     with pytest.raises(ValueError, match="max_queued_requests must be -1"):

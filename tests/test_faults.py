@@ -150,6 +150,7 @@ def test_a_stopped_replica_is_replaced_and_its_requests_end(
     assert answer.status_code == 503
     bound = HEALTH["health_check_period_s"] + HEALTH["health_check_timeout_s"] + 2 * STOP_GRACE_S
     assert took < bound + 3, f"the stopped replica's request took {took:.1f}s to end"
+
     def served_by() -> int | None:
         answer = http.get("/sleeper", timeout=20)
         return int(answer.text) if answer.status_code == 200 else None
@@ -334,6 +335,7 @@ class Gate:
             await asyncio.sleep(0.01)
         return "through"
 
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "inprocess"], indirect=True)
 def test_the_default_queue_is_finite(backend: str) -> None:
     """With the defaults, requests past the queue are refused at once, not held."""
@@ -341,10 +343,10 @@ def test_the_default_queue_is_finite(backend: str) -> None:
 
     async def flood() -> None:
         running = handle.wait.remote()
-        queued = [handle.wait.remote() for _ in range(1000)]
+        queued = [handle.wait.remote() for _ in range(100)]  # the default for one slot
         await asyncio.sleep(0.2)
         started = time.monotonic()
-        with pytest.raises(BackPressureError, match="max_queued_requests=1000"):
+        with pytest.raises(BackPressureError, match="max_queued_requests is not set, so 100"):
             await handle.wait.remote()
         assert time.monotonic() - started < 1
         for response in [running, *queued]:
@@ -480,6 +482,51 @@ def test_a_streamed_body_past_the_limit_is_a_clean_413(body_server: Any) -> None
     assert answer.status_code == 413
     assert "max_body_size" in answer.json()["detail"]
     eventually(lambda: in_flight("uploads", "Uploads") == 0, "the slot is free again")
+
+
+def http_scope(query: bytes, content_length: int) -> dict[str, Any]:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/", "raw_path": b"/", "query_string": query,
+        "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+        "headers": [(b"host", b"x"), (b"content-length", str(content_length).encode())],
+    }  # fmt: skip
+
+
+@pytest.mark.anyio
+async def test_a_queued_request_takes_one_body_message_from_the_server(backend: str) -> None:
+    """While it waits for a slot, a request takes one message of its body from the server
+    (so it is known to have started) and no more: the rest stays in flow control."""
+    router = asgiserve.Router()
+    asgiserve.run(Uploads.bind(), name="uploads", router=router)
+    taken = 0
+
+    async def endless_body() -> dict[str, Any]:
+        nonlocal taken
+        taken += 1
+        return {"type": "http.request", "body": b"x" * 300_000, "more_body": True}
+
+    sent_empty_body = False
+
+    async def no_body() -> dict[str, Any]:
+        nonlocal sent_empty_body
+        if sent_empty_body:
+            await asyncio.Event().wait()  # as a server does until the client leaves
+        sent_empty_body = True
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def ignore(message: dict[str, Any]) -> None:
+        pass
+
+    busy = asyncio.ensure_future(router(http_scope(b"hold=5", 0), no_body, ignore))
+    while in_flight("uploads", "Uploads") == 0:
+        await asyncio.sleep(0.01)
+    queued = asyncio.ensure_future(router(http_scope(b"", 10**8), endless_body, ignore))
+    await asyncio.sleep(0.3)  # the watcher has long started by now
+    assert taken == 1
+    for task in (queued, busy):
+        task.cancel()
+    await asyncio.gather(queued, busy, return_exceptions=True)
 
 
 def test_queued_uploads_are_not_read_ahead_into_memory(backend: str) -> None:
