@@ -33,8 +33,13 @@ def replace_apps(value: Any, replace: Callable[[Application], Any]) -> Any:
     return value
 
 
-def swap_handles(value: Any, names: dict[int, str], app_name: str) -> Any:
-    return replace_apps(value, lambda app: DeploymentHandle(names[id(app)], app_name))
+def swap_handles(
+    value: Any, names: dict[int, str], app_name: str, versions: dict[int, str]
+) -> Any:
+    return replace_apps(
+        value,
+        lambda app: DeploymentHandle(names[id(app)], app_name, version=versions[id(app)]),
+    )
 
 
 def with_options(root: Application, options: dict[str, dict[str, Any]]) -> Application:
@@ -111,14 +116,15 @@ def deploy_graph(
     """
     apps = ordered(root)
     names = unique_names(apps)
+    versions: dict[int, str] = {}  # dependencies first, so a version covers its handles'
     try:
         for app in apps:
             name = names[id(app)]
             config = app.deployment.config.with_options(name=name)
             chosen = resolve_backend(config.backend or backend)
-            schedulers[name] = Scheduler(
-                app_name, config, chosen, spec_maker(app, names, app_name, names[id(root)])
-            )
+            make = spec_maker(app, names, app_name, names[id(root)], versions)
+            versions[id(app)] = chosen.version(make(""))
+            schedulers[name] = Scheduler(app_name, config, chosen, make)
         for scheduler in list(schedulers.values()):
             scheduler.start_replicas()
     except BaseException:
@@ -131,10 +137,10 @@ def deploy_graph(
 
 
 def spec_maker(
-    app: Application, names: dict[int, str], app_name: str, ingress: str
+    app: Application, names: dict[int, str], app_name: str, ingress: str, versions: dict[int, str]
 ) -> Callable[[str], ReplicaSpec]:
-    args = swap_handles(app.args, names, app_name)
-    kwargs = swap_handles(app.kwargs, names, app_name)
+    args = swap_handles(app.args, names, app_name, versions)
+    kwargs = swap_handles(app.kwargs, names, app_name, versions)
     config = app.deployment.config.with_options(name=names[id(app)])
 
     def make(replica_id: str) -> ReplicaSpec:

@@ -59,11 +59,13 @@ class DeploymentHandle:
         *,
         method_name: str = "__call__",
         stream: bool = False,
+        version: str = "",
     ) -> None:
         self.deployment_name = deployment_name
         self.app_name = app_name
         self.method_name = method_name
         self.stream = stream
+        self.version = version  # the code it reaches, where replicas are shared (Ray)
         self.cached: registry.Dispatcher | None = None
 
     def __repr__(self) -> str:
@@ -75,7 +77,7 @@ class DeploymentHandle:
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             rebuild_handle,
-            (self.deployment_name, self.app_name, self.method_name, self.stream),
+            (self.deployment_name, self.app_name, self.method_name, self.stream, self.version),
         )
 
     def __getattr__(self, name: str) -> DeploymentHandle:
@@ -91,11 +93,14 @@ class DeploymentHandle:
             self.app_name,
             method_name=self.method_name if method_name is None else method_name,
             stream=self.stream if stream is None else stream,
+            version=self.version,
         )
 
     def scheduler(self) -> registry.Dispatcher:
         if self.cached is None or self.cached.closed:
-            self.cached = registry.get_dispatcher(self.app_name, self.deployment_name)
+            self.cached = registry.get_dispatcher(
+                self.app_name, self.deployment_name, self.version
+            )
         return self.cached
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:
@@ -119,9 +124,11 @@ class DeploymentHandle:
 
 
 def rebuild_handle(
-    deployment_name: str, app_name: str, method_name: str, stream: bool
+    deployment_name: str, app_name: str, method_name: str, stream: bool, version: str = ""
 ) -> DeploymentHandle:
-    return DeploymentHandle(deployment_name, app_name, method_name=method_name, stream=stream)
+    return DeploymentHandle(
+        deployment_name, app_name, method_name=method_name, stream=stream, version=version
+    )
 
 
 class DeploymentResponse:

@@ -65,7 +65,7 @@ def every_app() -> list[RunningApp]:
     return list(newest.values())
 
 # Inside a worker process no application runs; handles reach theirs through the server.
-upstream: Callable[[str, str], Dispatcher] | None = None
+upstream: Callable[[str, str, str], Dispatcher] | None = None
 INGRESS = ""  # a handle's deployment name meaning "the application's ingress, wherever it is"
 
 
@@ -85,10 +85,11 @@ def get_app(name: str) -> RunningApp:
         ) from None
 
 
-def get_dispatcher(app_name: str, deployment_name: str) -> Dispatcher:
-    """What a handle calls: the deployment's scheduler here, or the server seen from a worker."""
+def get_dispatcher(app_name: str, deployment_name: str, version: str = "") -> Dispatcher:
+    """What a handle calls: the deployment's scheduler here, or the server seen from a worker
+    (where `version`, the handle's, picks the replicas of the code it was made for)."""
     if upstream is not None and app_name not in applications:
-        return upstream(app_name, deployment_name)
+        return upstream(app_name, deployment_name, version)
     return get_scheduler(app_name, deployment_name)
 
 

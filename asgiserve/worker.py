@@ -85,7 +85,7 @@ def watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def not_yet(app_name: str, deployment_name: str) -> Upstream:
+def not_yet(app_name: str, deployment_name: str, version: str) -> Upstream:
     raise DeploymentUnavailableError(
         f"a handle to {app_name}/{deployment_name} was called in a replica's constructor; "
         "on the subprocess backend the way to other deployments opens once the replica is "
@@ -104,7 +104,7 @@ async def serve(sock: socket.socket, spec_data: bytes, max_frame_size: int) -> N
     worker = Worker(runtime)
     name = f"replica {spec.replica_id} (pid {os.getpid()})"
     channel = Channel(worker.serve, name, 2, batch=True, max_frame_size=max_frame_size)
-    registry.upstream = lambda app, deployment: Upstream(channel, app, deployment)
+    registry.upstream = lambda app, deployment, version: Upstream(channel, app, deployment)
     write_frame(sock, (0, END, ([], None)))  # ready
     await channel.connect(sock)
     stopped = asyncio.ensure_future(worker.stopped.wait())

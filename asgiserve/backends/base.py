@@ -95,5 +95,10 @@ class Backend(ABC):
     def start_replica(self, spec: ReplicaSpec) -> Replica:
         """Build a replica; blocks until the user's constructor has run, raising its error."""
 
+    def version(self, spec: ReplicaSpec) -> str:
+        """What tells this deployment's replicas from others' under the same name, where
+        servers share replicas; the handles to it carry it, so they reach only these."""
+        return ""
+
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release what the backend holds once no replica uses it."""

@@ -62,13 +62,16 @@ RELEASE_WAIT_S = 10.0  # how long a stopped actor's name may take to become free
 
 
 class RayUpstream:
-    """A handle's calls from inside an actor, sent straight to its deployment's actors."""
+    """A handle's calls from inside an actor, sent straight to its deployment's actors:
+    those of the handle's `version` (a fingerprint) where it has one, as a handle given
+    in `bind()` does, so a shared replica never calls another server's code."""
 
     closed = False
 
-    def __init__(self, app_name: str, deployment_name: str) -> None:
+    def __init__(self, app_name: str, deployment_name: str, version: str = "") -> None:
         self.app_name = app_name
         self.deployment_name = deployment_name
+        self.version = version
         self.target = f"{app_name}/{deployment_name or '(ingress)'}"
         self.replicas: list[RayReplica] = []
         self.in_flight: collections.Counter[str] = collections.Counter()  # by replica id
@@ -83,6 +86,15 @@ class RayUpstream:
                     self.deployment_name = ray.get(replica.actor.ingress.remote())
                     break
         found = self.actors(f"{self.app_name}#{self.deployment_name}#")
+        versions = {version_of(replica.name) for replica in found}
+        if self.version:
+            found = [replica for replica in found if version_of(replica.name) == self.version]
+        elif len(versions) > 1:
+            raise DeploymentUnavailableError(
+                f"{self.target} runs as {len(versions)} different versions on this Ray "
+                "cluster (servers that deploy other code under one name); pass the handle "
+                "to this deployment in .bind() arguments, so it knows which one to call"
+            )
         if not found:
             raise DeploymentUnavailableError(
                 f"no Ray replica of {self.target} is running; from a Ray replica, handles "
@@ -264,6 +276,11 @@ def watch_local_ray() -> None:
         )
 
 
+def version_of(name: str) -> str:
+    """The fingerprint in an actor's name: `app#Deployment#1@3fa2...`, maybe `.2` after."""
+    return name.partition("@")[2].partition(".")[0]
+
+
 def named_actors(prefix: str) -> list[str]:
     """Names of asgiserve's actors on the cluster that start with `prefix`."""
     return [
@@ -333,6 +350,9 @@ class RayBackend(Backend):
             self.started_ray = True
             watch_local_ray()  # ends only what this process started: its descendants
             register_serializers()
+
+    def version(self, spec: ReplicaSpec) -> str:
+        return fingerprint(spec)
 
     def start_replica(self, spec: ReplicaSpec) -> Replica:
         self.connect()

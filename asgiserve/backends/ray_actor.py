@@ -105,7 +105,7 @@ class ReplicaActor:
     def __init__(
         self,
         owner: str,
-        upstream: Callable[[str, str], registry.Dispatcher],
+        upstream: Callable[[str, str, str], registry.Dispatcher],
         path: list[str],
         spec_data: bytes,
     ) -> None:
