@@ -87,19 +87,30 @@ async def pids() -> list[tuple[int, str]]:
     return sorted(seen)  # type: ignore[arg-type]
 
 
+def in_flight(replica_id: str) -> int:
+    replicas = asgiserve.status()["applications"]["work"]["deployments"]["Work"]["replicas"]
+    return next(int(r["in_flight"]) for r in replicas if r["replica_id"] == replica_id)
+
+
 @app.post("/bench/kill")
-def kill(pid: int, replica_id: str) -> str:
-    """SIGKILL the replica's process; on Ray, `ray.kill` its actor."""
+def kill(pid: int, replica_id: str) -> dict[str, Any]:
+    """SIGKILL the replica's process; on Ray, `ray.kill` its actor. Returns how, and the
+    replica's in-flight count just before and just after the kill (that many may fail)."""
     if BACKEND == "ray":
         import ray
 
         from asgiserve.backends.ray import NAMESPACE, named_actors
 
         [name] = named_actors(replica_id + "@")  # the actor's name ends in a fingerprint
-        ray.kill(ray.get_actor(name, namespace=NAMESPACE))
-        return "ray.kill"
-    os.kill(pid, signal.SIGKILL)
-    return "SIGKILL"
+        actor = ray.get_actor(name, namespace=NAMESPACE)
+        before = in_flight(replica_id)
+        ray.kill(actor)
+        how = "ray.kill"
+    else:
+        before = in_flight(replica_id)
+        os.kill(pid, signal.SIGKILL)
+        how = "SIGKILL"
+    return {"how": how, "in_flight": [before, in_flight(replica_id)]}
 
 
 @app.get("/bench/tasks")

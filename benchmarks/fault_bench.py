@@ -148,14 +148,9 @@ def kill_figures(url: str, backend: str) -> dict[str, Any]:
         loader = asyncio.ensure_future(load(url, 8.0, outcomes))
         await asyncio.sleep(3.0)
         async with httpx.AsyncClient(base_url=url, timeout=30) as control:
-            status = (await control.get("/bench/status")).json()
-            replicas = status["applications"]["work"]["deployments"]["Work"]["replicas"]
-            killed["in_flight"] = next(
-                r["in_flight"] for r in replicas if r["replica_id"] == replica_id
-            )
             killed["at"] = time.monotonic()
             params = {"pid": pid, "replica_id": replica_id}
-            killed["how"] = (await control.post("/bench/kill", params=params)).text
+            killed.update((await control.post("/bench/kill", params=params)).json())
         await loader
 
     asyncio.run(scenario())
@@ -173,8 +168,8 @@ def kill_figures(url: str, backend: str) -> dict[str, Any]:
             back = round(start - at, 1)
             break
     return {
-        "how": killed["how"].strip('"'),
-        "in_flight_on_killed": killed["in_flight"],
+        "how": killed["how"],
+        "in_flight_on_killed (before, after)": killed["in_flight"],
         "failed": len(failed),
         "failed_kinds": sorted({o[2] for o in failed}),
         "hung_over_5s": len(hung),

@@ -130,6 +130,7 @@ class Sleeper:
         time.sleep(60)  # holds the event loop: the worker answers nothing, not even health
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", OUT_OF_PROCESS, indirect=True)
 def test_a_stopped_replica_is_replaced_and_its_requests_end(
     http: httpx.Client, backend: str
@@ -160,6 +161,7 @@ def test_a_stopped_replica_is_replaced_and_its_requests_end(
     eventually(lambda: in_flight("sleeper", "Sleeper") == 0, "every slot is free again")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", [b for b in OUT_OF_PROCESS if b == "subprocess"], indirect=True)
 def test_a_blocked_event_loop_is_replaced(backend: str) -> None:
     handle = asgiserve.run(Sleeper.bind(), name="sleeper", route_prefix=None)
@@ -170,6 +172,7 @@ def test_a_blocked_event_loop_is_replaced(backend: str) -> None:
     assert handle.pid.remote().result(timeout_s=30) != pid
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", OUT_OF_PROCESS, indirect=True)
 def test_shutdown_returns_while_a_replica_is_stopped(backend: str) -> None:
     handle = asgiserve.run(Sleeper.bind(), name="sleeper", route_prefix=None)
@@ -529,6 +532,7 @@ async def test_a_queued_request_takes_one_body_message_from_the_server(backend: 
     await asyncio.gather(queued, busy, return_exceptions=True)
 
 
+@pytest.mark.slow
 def test_queued_uploads_are_not_read_ahead_into_memory(backend: str) -> None:
     """Twenty 20 MB uploads queue behind a busy replica: the server reads a small bound of
     each, not the bodies, so its memory stays flat while they wait."""

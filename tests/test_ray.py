@@ -338,6 +338,7 @@ LOCAL_RAY_APP = """
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_a_local_ray_the_server_started_stops_with_it(tmp_path: Path, sig: int) -> None:
     from asgiserve.backends.ray_watch import alive, ray_descendants
