@@ -374,7 +374,7 @@ class Framer:
         from asgiserve import registry
 
         # The worker's own connection to the server: write a length no frame may have.
-        channel = registry.upstream("any", "any").channel  # type: ignore[misc]
+        channel = registry.upstream("any", "any", "").channel  # type: ignore[misc]
         channel.transport.write(struct.pack("!Q", 2**40))
         await asyncio.sleep(30)
 
