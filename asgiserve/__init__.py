@@ -11,12 +11,14 @@ from asgiserve.api import (
     shutdown_async,
     status,
 )
+from asgiserve.batching import batch
 from asgiserve.config import HTTPOptions
 from asgiserve.context import RequestContext, get_request_context
 from asgiserve.deployment import Application, Deployment, deployment
 from asgiserve.drivers import DAGDriver
 from asgiserve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 from asgiserve.ingress import ingress
+from asgiserve.multiplex import get_multiplexed_model_id, multiplexed
 from asgiserve.router import Router
 
 __version__ = "0.1.0"
@@ -33,13 +35,16 @@ __all__ = [
     "Router",
     "adapters",
     "backends",
+    "batch",
     "delete",
     "deployment",
     "exceptions",
     "get_app_handle",
     "get_deployment_handle",
+    "get_multiplexed_model_id",
     "get_request_context",
     "ingress",
+    "multiplexed",
     "router",
     "run",
     "shutdown",

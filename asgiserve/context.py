@@ -6,10 +6,17 @@ import itertools
 import os
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from asgiserve.backends.base import ReplicaSpec
+
+
+class Serving(Protocol):
+    """The replica runtime as a request sees it."""
+
+    spec: ReplicaSpec
+    ongoing: int  # calls it runs now
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,7 @@ class RequestContext:
 # itself goes in: servers arm their keep-alive timer while sending a response, in a copy
 # of this context that lives until the connection's next request, and each request's
 # scope and call held there outlived it and kept the garbage collector busy.
-current: ContextVar[tuple[str, str, ReplicaSpec] | None] = ContextVar(
+current: ContextVar[tuple[str, str, Serving] | None] = ContextVar(
     "asgiserve_request", default=None
 )
 
@@ -39,8 +46,15 @@ def get_request_context() -> RequestContext:
     served = current.get()
     if served is None:
         return RequestContext()
-    request_id, route, spec = served
+    request_id, route, runtime = served
+    spec = runtime.spec
     return RequestContext(request_id, spec.app_name, spec.deployment_name, spec.replica_id, route)
+
+
+def current_runtime() -> Serving | None:
+    """The replica serving this task's request (batching asks how busy it is)."""
+    served = current.get()
+    return None if served is None else served[2]
 
 
 def new_request_id() -> str:

@@ -60,12 +60,14 @@ class DeploymentHandle:
         method_name: str = "__call__",
         stream: bool = False,
         version: str = "",
+        multiplexed_model_id: str = "",
     ) -> None:
         self.deployment_name = deployment_name
         self.app_name = app_name
         self.method_name = method_name
         self.stream = stream
         self.version = version  # the code it reaches, where replicas are shared (Ray)
+        self.multiplexed_model_id = multiplexed_model_id
         self.cached: registry.Dispatcher | None = None
 
     def __repr__(self) -> str:
@@ -77,7 +79,14 @@ class DeploymentHandle:
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             rebuild_handle,
-            (self.deployment_name, self.app_name, self.method_name, self.stream, self.version),
+            (
+                self.deployment_name,
+                self.app_name,
+                self.method_name,
+                self.stream,
+                self.version,
+                self.multiplexed_model_id,
+            ),
         )
 
     def __getattr__(self, name: str) -> DeploymentHandle:
@@ -86,7 +95,11 @@ class DeploymentHandle:
         return self.options(method_name=name)
 
     def options(
-        self, *, method_name: str | None = None, stream: bool | None = None
+        self,
+        *,
+        method_name: str | None = None,
+        stream: bool | None = None,
+        multiplexed_model_id: str | None = None,
     ) -> DeploymentHandle:
         return DeploymentHandle(
             self.deployment_name,
@@ -94,6 +107,9 @@ class DeploymentHandle:
             method_name=self.method_name if method_name is None else method_name,
             stream=self.stream if stream is None else stream,
             version=self.version,
+            multiplexed_model_id=(
+                self.multiplexed_model_id if multiplexed_model_id is None else multiplexed_model_id
+            ),
         )
 
     def scheduler(self) -> registry.Dispatcher:
@@ -110,7 +126,10 @@ class DeploymentHandle:
         return DeploymentResponse(self.call(args, kwargs))
 
     def new_call(self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
-        return Call(new_request_id(), kind, self.method_name, args, kwargs)  # type: ignore[arg-type]
+        call = Call(new_request_id(), kind, self.method_name, args, kwargs)  # type: ignore[arg-type]
+        if self.multiplexed_model_id:
+            call.model_id = self.multiplexed_model_id
+        return call
 
     async def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         args, kwargs = await resolve_arguments(args, kwargs)
@@ -124,10 +143,20 @@ class DeploymentHandle:
 
 
 def rebuild_handle(
-    deployment_name: str, app_name: str, method_name: str, stream: bool, version: str = ""
+    deployment_name: str,
+    app_name: str,
+    method_name: str,
+    stream: bool,
+    version: str = "",
+    multiplexed_model_id: str = "",
 ) -> DeploymentHandle:
     return DeploymentHandle(
-        deployment_name, app_name, method_name=method_name, stream=stream, version=version
+        deployment_name,
+        app_name,
+        method_name=method_name,
+        stream=stream,
+        version=version,
+        multiplexed_model_id=multiplexed_model_id,
     )
 
 

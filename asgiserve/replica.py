@@ -21,10 +21,11 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from asgiserve import context
+from asgiserve import batching, context
 from asgiserve.backends.base import ITEM, RESULT, Call, Replica, ReplicaSpec
 from asgiserve.ingress import build_app, ingress_app
 from asgiserve.loops import on_loop
+from asgiserve.multiplex import current_model_id
 from asgiserve.responses import error_response, to_response
 
 logger = logging.getLogger("asgiserve")
@@ -215,7 +216,8 @@ class ReplicaRuntime(Replica):
             await self.lifespan.startup()
 
     async def handle(self, call: Call, receive: Receive, send: Send) -> None:
-        token = context.current.set((call.request_id, call.route, self.spec))
+        token = context.current.set((call.request_id, call.route, self))
+        model = current_model_id.set(call.model_id) if call.model_id else None
         self.ongoing += 1
         try:
             if call.kind == "asgi":
@@ -229,6 +231,8 @@ class ReplicaRuntime(Replica):
         finally:
             self.ongoing -= 1
             try:
+                if model is not None:
+                    current_model_id.reset(model)
                 context.current.reset(token)
             except ValueError:
                 # A call torn down by garbage collection after its loop closed ends in
@@ -250,7 +254,9 @@ class ReplicaRuntime(Replica):
 
     async def stream(self, call: Call) -> AsyncIterator[Any]:
         fn = self.method(call.method)
-        if inspect.isasyncgenfunction(fn):
+        if inspect.isasyncgenfunction(fn) or inspect.isasyncgenfunction(
+            getattr(fn, "__call__", None)  # noqa: B004 - a batched async generator method
+        ):
             generator = fn(*call.args, **call.kwargs)
         else:
             generator = await invoke(fn, *call.args, **call.kwargs)
@@ -269,10 +275,11 @@ class ReplicaRuntime(Replica):
                 f"but returned {type(generator).__name__}, not a generator"
             )
 
-    async def check_health(self) -> None:
+    async def check_health(self) -> dict[str, Any] | None:
         check = getattr(self.instance, "check_health", None)
         if check is not None and inspect.isclass(self.spec.target):
             await invoke(check)
+        return batching.report(self.instance)
 
     async def stop(self, timeout_s: float = 0) -> None:
         """Let in-flight calls finish within `timeout_s`, then run the app's shutdown.

@@ -33,6 +33,7 @@ from asgiserve.exceptions import (
     RequestCancelledError,
     RequestTimeoutError,
 )
+from asgiserve.multiplex import HEADERS as MODEL_HEADERS
 from asgiserve.responses import error_response
 from asgiserve.watch import BodyTimeout, BodyTooLarge, RequestWatch, watchlist
 
@@ -115,6 +116,8 @@ class Exchange(RequestWatch):
     """One HTTP or WebSocket exchange as the router tracks it; an HTTP one is also its own
     disconnect watch (one object per request: each costs as much as a dozen lines)."""
 
+    model_id = ""  # the multiplexed model the request names, if any
+
     def __init__(
         self,
         scope: Scope,
@@ -135,6 +138,8 @@ class Exchange(RequestWatch):
                 self.expects_body = self.content_length > 0
             elif key == b"transfer-encoding":
                 self.expects_body = True  # chunked
+            elif key in MODEL_HEADERS:
+                self.model_id = value.decode("latin-1")
         if not self.request_id:
             self.request_id = new_request_id()
         self.header = (b"x-request-id", self.request_id.encode("latin-1"))
@@ -279,6 +284,8 @@ class Router:
         app = route.app
         # Positional: a dataclass's generated __init__ matches keywords slowly.
         call = Call(exchange.request_id, "asgi", "__call__", (), {}, child, route.prefix)
+        if exchange.model_id:
+            call.model_id = exchange.model_id
         if not access_log.isEnabledFor(logging.INFO):
             await self.serve(app, call, scope, receive, exchange)
         else:

@@ -22,6 +22,7 @@ from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
 from asgiserve.config import DeploymentConfig
 from asgiserve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaDiedError
 from asgiserve.loops import ignore_outcome, running_loop
+from asgiserve.multiplex import Placement, models_per_replica
 
 logger = logging.getLogger("asgiserve")
 
@@ -48,6 +49,8 @@ class Slot:
     started: bool = False
     dead: bool = False
     born: float = 0.0
+    models: Placement | None = None  # the models it was last sent, when multiplexed
+    report: Any = None  # what its last health check said (batch queues), for `status()`
 
 
 class Scheduler:
@@ -76,6 +79,7 @@ class Scheduler:
         self.deaths = 0
         self.health: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
         self.background: set[asyncio.Future[None]] = set()
+        self.model_limit = models_per_replica(make_spec("").target)  # 0: not multiplexed
 
     @property
     def name(self) -> str:
@@ -156,9 +160,28 @@ class Scheduler:
                 best = min(slots, key=lambda slot: slot.in_flight)
         return best if best.in_flight < limit else None
 
-    async def wait_for_slot(self) -> Slot:
+    def pick_for(self, model_id: str) -> Slot | None:
+        """A replica that holds the model and has room, the least loaded; else, if none
+        holds it, the least loaded with room for another model (which then loads it). A
+        model whose replicas are full waits for one of them rather than load elsewhere."""
+        limit = self.config.max_ongoing_requests
+        holders = [slot for slot in self.slots if slot.models and slot.models.holds(model_id)]
+        if holders:
+            free = [slot for slot in holders if slot.in_flight < limit]
+            return min(free, key=lambda slot: slot.in_flight) if free else None
+        free = [slot for slot in self.slots if slot.in_flight < limit]
+        if not free:
+            return None
+        return min(free, key=lambda s: (s.models is not None and s.models.full(), s.in_flight))
+
+    def sent_model(self, slot: Slot, model_id: str) -> None:
+        if slot.models is None:
+            slot.models = Placement(self.model_limit)
+        slot.models.sent(model_id)
+
+    async def wait_for_slot(self, model_id: str = "") -> Slot:
         with self.lock:
-            slot = self.pick()
+            slot = self.pick_for(model_id) if model_id else self.pick()
             if slot is not None:
                 slot.in_flight += 1
                 return slot
@@ -234,11 +257,17 @@ class Scheduler:
             await self.ensure_started()
         while True:
             # A free replica and nobody queued first: the common case, taken without the lock.
-            slot = None if self.waiters else self.pick()
+            model_id = call.model_id if self.model_limit else ""
+            if self.waiters:
+                slot = None
+            else:
+                slot = self.pick_for(model_id) if model_id else self.pick()
             if slot is None:
-                slot = await self.wait_for_slot()
+                slot = await self.wait_for_slot(model_id)
             else:
                 slot.in_flight += 1
+            if model_id:
+                self.sent_model(slot, model_id)
             call.replica_id = slot.replica.replica_id
             try:
                 await slot.replica.handle(call, receive, send)
@@ -321,6 +350,8 @@ class Scheduler:
             for check in done:
                 if check.exception() is not None:
                     self.lost(checks[check], check.exception())  # type: ignore[arg-type]
+                else:
+                    checks[check].report = check.result()
             for check in hung:
                 check.add_done_callback(ignore_outcome)
                 reason = TimeoutError(f"check_health did not answer within {timeout}s")
@@ -365,6 +396,7 @@ class Scheduler:
                     "replica_id": slot.replica.replica_id,
                     "state": "RUNNING" if slot.started else "STARTING",
                     "in_flight": slot.in_flight,
+                    **(slot.report or {}),
                 }
                 for slot in self.slots
             ],

@@ -20,7 +20,7 @@ from typing import Any
 from starlette.types import Receive, Send
 
 from asgiserve import registry
-from asgiserve.backends.base import Call
+from asgiserve.backends.base import RESULT, Call
 from asgiserve.backends.channel import END, Channel, Target
 from asgiserve.backends.wire import read_frame, remote_error, write_frame
 from asgiserve.exceptions import DeploymentUnavailableError
@@ -53,7 +53,9 @@ class Worker:
 
     async def serve(self, target: Target, call: Call, receive: Receive, send: Send) -> None:
         if call.kind == "control":
-            await getattr(self, call.method)(*call.args)
+            value = await getattr(self, call.method)(*call.args)
+            if value is not None:
+                await send({"type": RESULT, "value": value})
             return
         task = asyncio.current_task()
         assert task is not None
@@ -66,8 +68,8 @@ class Worker:
     async def start(self) -> None:
         await self.runtime.start()
 
-    async def check_health(self) -> None:
-        await self.runtime.check_health()
+    async def check_health(self) -> Any:
+        return await self.runtime.check_health()
 
     async def stop(self, timeout_s: float) -> None:
         """Let in-flight calls finish within `timeout_s`, cancel the rest, shut the app down."""

@@ -42,6 +42,7 @@ class Call:
     scope: Scope | None = None
     route: str = ""
     replica_id: str = ""  # filled in by the scheduler, for the access log
+    model_id: str = ""  # the multiplexed model it asks for
 
 
 @dataclass
@@ -72,8 +73,9 @@ class Replica(ABC):
         """Carry one call to the replica and its messages back."""
 
     @abstractmethod
-    async def check_health(self) -> None:
-        """Raise if the replica is unhealthy (the user's `check_health`, or a dead process)."""
+    async def check_health(self) -> Any:
+        """Raise if the replica is unhealthy (the user's `check_health`, or a dead process);
+        else return the replica's report for `status()` (its batch queues), or None."""
 
     @abstractmethod
     async def stop(self, timeout_s: float) -> None:

@@ -242,11 +242,11 @@ class RayReplica(Replica):
         except RayActorError as exc:
             raise self.died(exc) from None
 
-    async def check_health(self) -> None:
+    async def check_health(self) -> Any:
         if self.dead:
             raise self.was_dead()
         try:
-            await self.actor.check_health.remote()
+            return await self.actor.check_health.remote()
         except RayActorError as exc:
             raise self.died(exc) from None
 

@@ -177,8 +177,8 @@ class ReplicaActor:
         if exchange is not None:
             await exchange.cancel()
 
-    async def check_health(self) -> None:
-        await self.runtime.check_health()
+    async def check_health(self) -> Any:
+        return await self.runtime.check_health()
 
     async def stop(self, timeout_s: float) -> None:
         await drain({exchange.task for exchange in self.exchanges.values()}, timeout_s)

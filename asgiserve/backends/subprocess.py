@@ -121,19 +121,25 @@ class SubprocessReplica(Replica):
             call.scope = wire_scope(call.scope)  # the router made this call for us alone
         await channel.call(None, call, receive, send)
 
-    async def control(self, method: str, *args: Any) -> None:
+    async def control(self, method: str, *args: Any) -> Any:
         channel = self.connected() or await self.channel_here()
         call = Call(new_request_id(), "control", method, args)
-        await channel.call(None, call, never, discard)
+        answer: list[Any] = []
+
+        async def keep(message: Message) -> None:
+            answer.append(message.get("value"))
+
+        await channel.call(None, call, never, keep)
+        return answer[0] if answer else None
 
     async def start(self) -> None:
         await self.control("start")
 
-    async def check_health(self) -> None:
+    async def check_health(self) -> Any:
         code = self.process.poll()
         if code is not None:
             raise ReplicaDiedError(f"{self.name} exited with code {code}")
-        await self.control("check_health")
+        return await self.control("check_health")
 
     async def stop(self, timeout_s: float) -> None:
         """Drain in-flight calls for up to `timeout_s`, then the worker exits (or is killed).
