@@ -381,3 +381,19 @@ def test_batches_hold_one_models_requests(backend: str) -> None:
     assert asyncio.run(mixed()) == [f"m{i % 2}:{i}" for i in range(8)]
     for model_id, items in handle.seen.remote().result():
         assert {f"m{item % 2}" for item in items} == {model_id}
+
+
+def test_a_call_cancelled_before_its_batch_starts_never_runs(backend: str) -> None:
+    handle = asgiserve.run(Sized.bind(), name="sized", route_prefix=None)
+
+    async def cancel_a_queued_one() -> list[Any]:
+        busy = handle.lengths.remote("x")  # runs for 0.3 s; the next ones queue
+        await asyncio.sleep(0.05)
+        calls = [handle.lengths.remote(text) for text in ("aa", "bbb", "c")]
+        await asyncio.sleep(0.1)
+        calls[1].cancel()
+        return list(await asyncio.gather(busy, *calls, return_exceptions=True))
+
+    results = asyncio.run(cancel_a_queued_one())
+    assert results[0] == 1 and results[1] == 2 and results[3] == 1
+    assert all("bbb" not in batch for batch in handle.seen.remote().result())
