@@ -55,27 +55,27 @@ class Options:
         max_concurrent_batches: int,
         batch_size_fn: Callable[[list[Any]], int] | None,
     ) -> None:
-        check_size(max_batch_size)
-        check_timeout(batch_wait_timeout_s)
+        self.set_max_batch_size(max_batch_size)
+        self.set_batch_wait_timeout_s(batch_wait_timeout_s)
         if not isinstance(max_concurrent_batches, int) or max_concurrent_batches < 1:
             raise ValueError(
                 "max_concurrent_batches must be an int of at least 1, "
                 f"got {max_concurrent_batches!r}"
             )
-        self.max_batch_size = max_batch_size
-        self.batch_wait_timeout_s = batch_wait_timeout_s
         self.max_concurrent_batches = max_concurrent_batches
         self.batch_size_fn = batch_size_fn
 
+    def set_max_batch_size(self, size: int) -> None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"max_batch_size must be an int of at least 1, got {size!r}")
+        self.max_batch_size = size
 
-def check_size(size: Any) -> None:
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"max_batch_size must be an int of at least 1, got {size!r}")
-
-
-def check_timeout(timeout: Any) -> None:
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
-        raise ValueError(f"batch_wait_timeout_s must be a number of at least 0, got {timeout!r}")
+    def set_batch_wait_timeout_s(self, timeout: float) -> None:
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+            raise ValueError(
+                f"batch_wait_timeout_s must be a number of at least 0, got {timeout!r}"
+            )
+        self.batch_wait_timeout_s = timeout
 
 
 class Batcher:
@@ -286,6 +286,9 @@ class BatchQueue:
         self.owner = owner
         self.options = options
         self.batchers: dict[asyncio.AbstractEventLoop, Batcher] = {}  # one per loop
+        # The settings are the decorator's, shared by every object's queue.
+        self.set_max_batch_size = options.set_max_batch_size
+        self.set_batch_wait_timeout_s = options.set_batch_wait_timeout_s
         functools.update_wrapper(self, fn)
 
     def batcher(self) -> Batcher:
@@ -294,14 +297,6 @@ class BatchQueue:
         if found is None:
             found = self.batchers[loop] = Batcher(self.fn, self.owner, self.options)
         return found
-
-    def set_max_batch_size(self, size: int) -> None:
-        check_size(size)
-        self.options.max_batch_size = size
-
-    def set_batch_wait_timeout_s(self, timeout: float) -> None:
-        check_timeout(timeout)
-        self.options.batch_wait_timeout_s = timeout
 
     def report(self) -> dict[str, Any]:
         """Its queue as `status()` shows it: waiting items, running batches, recent sizes."""
@@ -325,38 +320,22 @@ class StreamBatchQueue(BatchQueue):
             yield value
 
 
-def queue_for(fn: Callable[..., Any], owner: Any, options: Options) -> BatchQueue:
+def queue_for(fn: Callable[..., Any], owner: Any, *, options: Options) -> BatchQueue:
     kind = StreamBatchQueue if inspect.isasyncgenfunction(fn) else BatchQueue
     return kind(fn, owner, options)
 
 
-class BatchedMethod:
-    """What `@asgiserve.batch` puts on a class: each object gets its own queue, kept in
+class BatchedMethod(functools.cached_property[BatchQueue]):
+    """What `@asgiserve.batch` puts on a class: each object gets its own queue, cached in
     its `__dict__`, so later lookups skip this descriptor."""
 
     def __init__(self, fn: Callable[..., Any], options: Options) -> None:
+        super().__init__(functools.partial(queue_for, fn, options=options))
         self.fn = fn
         self.options = options
-        self.name = fn.__name__
+        self.set_max_batch_size = options.set_max_batch_size
+        self.set_batch_wait_timeout_s = options.set_batch_wait_timeout_s
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        if instance is None:
-            return self
-        queue = queue_for(self.fn, instance, self.options)
-        instance.__dict__[self.name] = queue
-        return queue
-
-    def set_max_batch_size(self, size: int) -> None:
-        check_size(size)
-        self.options.max_batch_size = size
-
-    def set_batch_wait_timeout_s(self, timeout: float) -> None:
-        check_timeout(timeout)
-        self.options.batch_wait_timeout_s = timeout
 
 
 def check_signature(fn: Callable[..., Any]) -> bool:
@@ -393,7 +372,7 @@ def batch(
     def decorate(fn: Callable[..., Any]) -> Any:
         if check_signature(fn):
             return BatchedMethod(fn, options)
-        return queue_for(fn, None, options)  # a plain function: one queue
+        return queue_for(fn, None, options=options)  # a plain function: one queue
 
     return decorate(_fn) if _fn is not None else decorate
 

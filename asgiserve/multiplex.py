@@ -12,6 +12,7 @@ replicas keep the models they have.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections import OrderedDict
@@ -87,9 +88,9 @@ async def unload(model: Any) -> None:
         logger.exception("unloading an evicted model failed")
 
 
-class MultiplexedLoader:
+class MultiplexedLoader(functools.cached_property[ModelCache]):
     """What `@asgiserve.multiplexed` puts on the class: each object gets its own cache,
-    kept in its `__dict__`."""
+    cached in its `__dict__`."""
 
     def __init__(self, loader: Callable[..., Any], limit: int) -> None:
         if not inspect.iscoroutinefunction(loader):
@@ -103,19 +104,8 @@ class MultiplexedLoader:
                 f"@asgiserve.multiplexed needs a loader method (self, model_id); "
                 f"{loader.__qualname__} takes ({', '.join(parameters)})"
             )
-        self.loader = loader
+        super().__init__(lambda instance: ModelCache(loader, instance, limit))
         self.limit = limit
-        self.name = loader.__name__
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        if instance is None:
-            return self
-        cache = ModelCache(self.loader, instance, self.limit)
-        instance.__dict__[self.name] = cache
-        return cache
 
 
 def multiplexed(

@@ -164,31 +164,12 @@ def test_two_servers_share_one_set_of_replicas_by_application_name(
     tmp_path: Path, ray_cluster: Any
 ) -> None:
     (tmp_path / "shared_app.py").write_text(textwrap.dedent(SHARED_APP))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
-    env["RAY_ADDRESS"] = ray_cluster.get_runtime_context().gcs_address
-    env.pop("ASGISERVE_BACKEND", None)
-    ports = [free_port(), free_port()]
-    servers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "shared_app:app", "--port", str(port)],
-            env=env,
-            cwd=tmp_path,
-        )
-        for port in ports
-    ]
-    try:
-        for port, server in zip(ports, servers, strict=True):
-            wait_for_port(port, server, timeout=90)
+    with servers_in([tmp_path, tmp_path], "shared_app", ray_cluster) as ports:
         answers = [httpx.get(f"http://127.0.0.1:{port}/", timeout=30).json() for port in ports]
         answers += [httpx.get(f"http://127.0.0.1:{port}/", timeout=30).json() for port in ports]
         assert len({answer["pid"] for answer in answers}) == 1  # one replica for both
         assert sorted(answer["count"] for answer in answers) == [1, 2, 3, 4]
         assert named_actors("shared#") == ["shared#Counter#1"]
-    finally:
-        for server in servers:
-            server.terminate()
-        for server in servers:
-            server.wait(timeout=30)
     eventually(lambda: not named_actors("shared#"))  # gone with the server that made it
 
 

@@ -86,10 +86,9 @@ class RayUpstream:
                     self.deployment_name = ray.get(replica.actor.ingress.remote())
                     break
         found = self.actors(f"{self.app_name}#{self.deployment_name}#")
-        versions = {version_of(replica.name) for replica in found}
         if self.version:
             found = [replica for replica in found if version_of(replica.name) == self.version]
-        elif len(versions) > 1:
+        elif len(versions := {version_of(replica.name) for replica in found}) > 1:
             raise DeploymentUnavailableError(
                 f"{self.target} runs as {len(versions)} different versions on this Ray "
                 "cluster (servers that deploy other code under one name); pass the handle "
