@@ -29,10 +29,11 @@ END = object()  # a streaming caller's last message
 class Item:
     """One caller's item and where its result goes."""
 
-    __slots__ = ("value", "model_id", "future", "stream", "done", "arrived")
+    __slots__ = ("value", "model_id", "future", "stream", "done", "arrived", "task")
 
     def __init__(self, value: Any, model_id: str, streaming: bool) -> None:
         loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
         self.value = value
         self.model_id = model_id
         self.arrived = loop.time()
@@ -92,8 +93,11 @@ class Batcher:
         self.running = 0  # batches running
         self.in_batches = 0  # items in running batches
         self.timer: asyncio.TimerHandle | None = None
-        self.soon: asyncio.Handle | None = None
+        self.starting = False  # a `begin` task is on its way
         self.tasks: set[asyncio.Task[None]] = set()
+        # Callers whose result came and whose request still runs (sending its response):
+        # the replica counts them as ongoing, but they are not on their way here.
+        self.served: set[asyncio.Task[Any]] = set()
         self.sizes: deque[int] = deque(maxlen=100)  # recent batch sizes, for `status()`
 
     # -- the caller's side -------------------------------------------------------------
@@ -111,9 +115,13 @@ class Batcher:
                 "the list of a batch's items itself (wrap an item that is a list in a tuple)"
             )
         item = Item(args[0], current_model_id.get(), self.streaming)
+        if item.task in self.served:  # on its way again (a handler calling twice)
+            self.served.discard(item.task)
+            item.task.remove_done_callback(self.served.discard)
         self.waiting.append(item)
-        if self.soon is None:  # after the calls that arrive in this same loop pass
-            self.soon = asyncio.get_running_loop().call_soon(self.schedule)
+        if not self.starting:  # runs after the calls that arrive in this same loop pass
+            self.starting = True
+            self.track(asyncio.get_running_loop().create_task(self.begin()))
         return item
 
     async def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -147,36 +155,55 @@ class Batcher:
     # -- forming batches ---------------------------------------------------------------
 
     def nobody_coming(self) -> bool:
-        """Every call the replica runs is already here: waiting adds latency, no items."""
+        """Every call the replica runs is already here, or got its result and is only
+        finishing: waiting would add latency, not items."""
         runtime = context.current_runtime()
         if runtime is None:
             return False
-        return runtime.ongoing <= len(self.waiting) + self.in_batches
+        return runtime.ongoing - len(self.served) <= len(self.waiting) + self.in_batches
 
     def schedule(self) -> None:
         """Start what batches may start now; otherwise wake up when the window ends."""
-        if self.soon is not None:
-            self.soon.cancel()
-            self.soon = None
+        while (batch := self.claim()) is not None:
+            self.start(batch)
+
+    async def begin(self) -> None:
+        """The first turn after calls arrived: the batch that may start runs in this task
+        (one loop turn fewer than handing it to a new one), the others in their own."""
+        self.starting = False
+        batch = self.claim()
+        if batch is not None:
+            if self.waiting and self.running < self.options.max_concurrent_batches:
+                self.schedule()
+            current_model_id.set(batch[0].model_id)  # this task's own context
+            await self.run(batch)
+
+    def claim(self) -> list[Item] | None:
+        """The next batch that may start now, taken off the queue and counted as running;
+        None, with the timer set for the window's end if one is forming."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         options = self.options
+        if not self.waiting or self.running >= options.max_concurrent_batches:
+            return None
         loop = asyncio.get_running_loop()
-        while self.waiting and self.running < options.max_concurrent_batches:
-            batch, full, head = self.take_batch()
-            waited = loop.time() - batch[0].arrived
-            if not (full or waited >= options.batch_wait_timeout_s or self.nobody_coming()):
-                wait = options.batch_wait_timeout_s - waited
-                self.timer = loop.call_later(max(wait, 0), self.schedule)
-                return
-            if head:
-                for _ in batch:
-                    self.waiting.popleft()
-            else:
-                for item in batch:
-                    self.waiting.remove(item)
-            self.start(batch)
+        batch, full, head = self.take_batch()
+        waited = loop.time() - batch[0].arrived
+        if not (full or waited >= options.batch_wait_timeout_s or self.nobody_coming()):
+            wait = options.batch_wait_timeout_s - waited
+            self.timer = loop.call_later(max(wait, 0), self.schedule)
+            return None
+        if head:
+            for _ in batch:
+                self.waiting.popleft()
+        else:
+            for item in batch:
+                self.waiting.remove(item)
+        self.running += 1
+        self.in_batches += len(batch)
+        self.sizes.append(len(batch))
+        return batch
 
     def take_batch(self) -> tuple[list[Item], bool, bool]:
         """The oldest item and those after it of the same model, up to the size limit;
@@ -206,14 +233,13 @@ class Batcher:
     # -- running them ------------------------------------------------------------------
 
     def start(self, batch: list[Item]) -> None:
-        self.running += 1
-        self.in_batches += len(batch)
-        self.sizes.append(len(batch))
         token = current_model_id.set(batch[0].model_id)  # the batch's model, for its code
         try:
-            task = asyncio.get_running_loop().create_task(self.run(batch))
+            self.track(asyncio.get_running_loop().create_task(self.run(batch)))
         finally:
             current_model_id.reset(token)
+
+    def track(self, task: asyncio.Task[None]) -> None:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -243,8 +269,15 @@ class Batcher:
         finally:
             self.running -= 1
             self.in_batches -= len(batch)
+            for item in batch:
+                self.mark_served(item.task)
             if self.waiting:
                 self.schedule()
+
+    def mark_served(self, task: asyncio.Task[Any] | None) -> None:
+        if task is not None and task not in self.served and not task.done():
+            self.served.add(task)
+            task.add_done_callback(self.served.discard)
 
     def deliver(self, batch: list[Item], results: Any) -> None:
         if not isinstance(results, list | tuple) or len(results) != len(batch):

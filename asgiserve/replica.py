@@ -21,7 +21,7 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from asgiserve import batching, context
+from asgiserve import batching, context, heap
 from asgiserve.backends.base import ITEM, RESULT, Call, Replica, ReplicaSpec
 from asgiserve.ingress import build_app, ingress_app
 from asgiserve.loops import on_loop
@@ -214,6 +214,7 @@ class ReplicaRuntime(Replica):
     async def start(self) -> None:
         if self.lifespan is not None:
             await self.lifespan.startup()
+        heap.settle()
 
     async def handle(self, call: Call, receive: Receive, send: Send) -> None:
         token = context.current.set((call.request_id, call.route, self))
@@ -292,3 +293,4 @@ class ReplicaRuntime(Replica):
             await asyncio.sleep(DRAIN_POLL_S)
         if self.lifespan is not None:
             await self.lifespan.shutdown()
+        heap.release()

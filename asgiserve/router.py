@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Match, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from asgiserve import registry
+from asgiserve import heap, registry
 from asgiserve.backends import Backend
 from asgiserve.backends.base import Call
 from asgiserve.config import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_SIZE
@@ -449,6 +449,7 @@ class Router:
         for app in self.applications():
             for scheduler in app.schedulers.values():
                 await scheduler.ensure_started()
+        heap.settle()
 
     async def stop(self) -> None:
         """Stop the replicas of every application on this router; next use starts them."""
