@@ -11,6 +11,7 @@ from asgiserve.api import (
     shutdown_async,
     status,
 )
+from asgiserve.autoscaling import AutoscalingConfig
 from asgiserve.batching import batch
 from asgiserve.config import HTTPOptions
 from asgiserve.context import RequestContext, get_request_context
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Application",
+    "AutoscalingConfig",
     "DAGDriver",
     "Deployment",
     "DeploymentHandle",

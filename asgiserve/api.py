@@ -14,6 +14,7 @@ from asgiserve.graph import deploy_graph, ingress_name
 from asgiserve.handle import DeploymentHandle
 from asgiserve.loops import close_soon, run_sync
 from asgiserve.router import Router, normalise_prefix
+from asgiserve.updates import update_app
 
 router = Router()
 
@@ -38,7 +39,8 @@ def run(
     """Deploy an application and return a handle to its ingress deployment.
 
     Blocks until every replica is built; a constructor that raises fails here with the
-    user's traceback. Replacing an application of the same name stops the old one after.
+    user's traceback. An application of the same name on the same router is updated in
+    place (`asgiserve.updates`); on another router it is replaced, and stopped after.
     Inside a worker, which imports the user's module, it deploys nothing and returns a
     handle to the server's application of that name.
     """
@@ -55,6 +57,11 @@ def run(
     if prefix is not None:
         chosen_router.check_prefix(prefix, name)  # before building any replica
     chosen_backend = backend or chosen_router.backend or backend_from_env() or "inprocess"
+    running = registry.applications.get(name)
+    if running is not None and running.router is chosen_router:
+        update_app(running, target, prefix, chosen_backend)
+        register_exit_hook()
+        return DeploymentHandle(running.ingress, name)
     app = registry.RunningApp(name, prefix, chosen_router, ingress="", deploying=True)
     registry.deploying.append(app)
     try:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
+
+from asgiserve.autoscaling import AUTO, AutoscalingConfig
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
 # None: twice what the deployment's replicas serve at once, and at least 100. Finite, so
@@ -30,7 +33,7 @@ class DeploymentConfig:
     """The options of `@asgiserve.deployment`, kept separate from the user's class."""
 
     name: str
-    num_replicas: int = 1
+    num_replicas: int | str | None = None  # None: 1, or autoscaled if configured; "auto"
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS
     max_queued_requests: int | None = DEFAULT_MAX_QUEUED_REQUESTS
     backend: Any = None
@@ -38,10 +41,35 @@ class DeploymentConfig:
     health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S
     health_check_timeout_s: float = DEFAULT_HEALTH_CHECK_TIMEOUT_S
     graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
+    autoscaling_config: AutoscalingConfig | None = None
+    user_config: Any = None
 
     def __post_init__(self) -> None:
-        if self.num_replicas < 1:
-            raise ValueError(f"num_replicas must be at least 1, got {self.num_replicas}")
+        raw: Any = self.autoscaling_config
+        scaling = AutoscalingConfig.of(raw)
+        replicas = self.num_replicas
+        if replicas == "auto":  # Ray Serve's defaults, with what was given over them
+            if isinstance(raw, AutoscalingConfig):
+                default = AutoscalingConfig().to_dict()
+                raw = {k: v for k, v in raw.to_dict().items() if v != default[k]}
+            scaling = AutoscalingConfig(**{**AUTO.to_dict(), **(raw or {})})
+        elif replicas is None:
+            replicas = None if scaling is not None else 1
+        elif scaling is not None:
+            raise ValueError(
+                f"num_replicas={replicas!r} and autoscaling_config are both set; give one "
+                '(num_replicas="auto" takes Ray Serve\'s autoscaling defaults)'
+            )
+        elif not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 1:
+            raise ValueError(f'num_replicas must be at least 1 or "auto", got {replicas!r}')
+        object.__setattr__(self, "num_replicas", replicas)
+        object.__setattr__(self, "autoscaling_config", scaling)
+        if self.user_config is not None:
+            try:
+                json.dumps(self.user_config)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"user_config must be JSON-able (dicts, lists, numbers, "
+                                f"strings): {exc}") from None  # fmt: skip
         if self.max_ongoing_requests < 1:
             raise ValueError(
                 f"max_ongoing_requests must be at least 1, got {self.max_ongoing_requests}"
@@ -53,11 +81,31 @@ class DeploymentConfig:
             )
 
     @property
+    def initial_replicas(self) -> int:
+        """How many replicas `run()` starts."""
+        if self.autoscaling_config is not None:
+            return self.autoscaling_config.initial
+        assert isinstance(self.num_replicas, int)
+        return self.num_replicas
+
+    @property
+    def most_replicas(self) -> int:
+        if self.autoscaling_config is not None:
+            return self.autoscaling_config.max_replicas
+        assert isinstance(self.num_replicas, int)
+        return self.num_replicas
+
+    def code_part(self) -> DeploymentConfig:
+        """The options a change of which rolls the replicas: those that change live set to
+        their defaults (what a version fingerprint covers)."""
+        return replace(self, **{name: LIVE_DEFAULTS[name] for name in LIVE_OPTIONS})
+
+    @property
     def queue_limit(self) -> int:
         """How many requests may wait for a replica; -1 for no limit."""
         if self.max_queued_requests is not None:
             return self.max_queued_requests
-        return max(MIN_DEFAULT_QUEUE, 2 * self.num_replicas * self.max_ongoing_requests)
+        return max(MIN_DEFAULT_QUEUE, 2 * self.most_replicas * self.max_ongoing_requests)
 
     @property
     def queue_rule(self) -> str:
@@ -70,13 +118,42 @@ class DeploymentConfig:
         )
 
     def with_options(self, **options: Any) -> DeploymentConfig:
+        """A copy with `options` changed. Setting one of `num_replicas` and
+        `autoscaling_config` drops the other, unless both are given."""
         known = {f.name for f in fields(self)}
         unknown = set(options) - known
         if unknown:
             raise TypeError(
                 f"unknown deployment option(s) {sorted(unknown)}; known: {sorted(known)}"
             )
+        if "num_replicas" in options and "autoscaling_config" not in options:
+            options["autoscaling_config"] = None
+        elif "autoscaling_config" in options and "num_replicas" not in options:
+            options["num_replicas"] = None
         return replace(self, **options)
+
+
+# What `asgiserve.run()` changes without restarting a replica.
+LIVE_OPTIONS = (
+    "num_replicas",
+    "autoscaling_config",
+    "user_config",
+    "max_ongoing_requests",
+    "max_queued_requests",
+    "health_check_period_s",
+    "health_check_timeout_s",
+    "graceful_shutdown_timeout_s",
+)
+LIVE_DEFAULTS: dict[str, Any] = {
+    "num_replicas": 1,
+    "autoscaling_config": None,
+    "user_config": None,
+    "max_ongoing_requests": DEFAULT_MAX_ONGOING_REQUESTS,
+    "max_queued_requests": DEFAULT_MAX_QUEUED_REQUESTS,
+    "health_check_period_s": DEFAULT_HEALTH_CHECK_PERIOD_S,
+    "health_check_timeout_s": DEFAULT_HEALTH_CHECK_TIMEOUT_S,
+    "graceful_shutdown_timeout_s": DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
+}
 
 
 @dataclass

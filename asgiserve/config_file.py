@@ -8,10 +8,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from asgiserve.autoscaling import AutoscalingConfig
 from asgiserve.config import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
@@ -60,7 +61,9 @@ class DeploymentSchema(Schema):
     its `@asgiserve.deployment(...)` gives."""
 
     name: str
-    num_replicas: int | None = Field(default=None, ge=1)
+    num_replicas: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
+    autoscaling_config: dict[str, Any] | None = None
+    user_config: Any = None
     max_ongoing_requests: int | None = Field(default=None, ge=1)
     max_queued_requests: int | None = Field(default=None, ge=-1)
     backend: BackendName | None = None
@@ -68,6 +71,12 @@ class DeploymentSchema(Schema):
     health_check_period_s: float | None = Field(default=None, gt=0)
     health_check_timeout_s: float | None = Field(default=None, gt=0)
     graceful_shutdown_timeout_s: float | None = Field(default=None, ge=0)
+
+    @field_validator("autoscaling_config")
+    @classmethod
+    def valid_autoscaling(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        AutoscalingConfig.of(value)  # its errors, with this field's place in the file
+        return value
 
     def options(self) -> dict[str, Any]:
         """The options the file sets, for `Deployment.options(...)`."""

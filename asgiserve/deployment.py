@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, overload
 
+from asgiserve.autoscaling import AutoscalingConfig
 from asgiserve.config import (
     DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
     DEFAULT_HEALTH_CHECK_PERIOD_S,
@@ -71,7 +72,7 @@ def deployment(
     cls_or_fn: None = None,
     *,
     name: str | None = None,
-    num_replicas: int = 1,
+    num_replicas: int | str | None = None,
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
     max_queued_requests: int | None = DEFAULT_MAX_QUEUED_REQUESTS,
     backend: Any = None,
@@ -79,6 +80,8 @@ def deployment(
     health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S,
     health_check_timeout_s: float = DEFAULT_HEALTH_CHECK_TIMEOUT_S,
     graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
+    autoscaling_config: AutoscalingConfig | dict[str, Any] | None = None,
+    user_config: Any = None,
     route_prefix: str | None = None,
 ) -> Callable[[Callable[..., Any]], Deployment]: ...
 
@@ -87,7 +90,7 @@ def deployment(
     cls_or_fn: Callable[..., Any] | None = None,
     *,
     name: str | None = None,
-    num_replicas: int = 1,
+    num_replicas: int | str | None = None,
     max_ongoing_requests: int = DEFAULT_MAX_ONGOING_REQUESTS,
     max_queued_requests: int | None = DEFAULT_MAX_QUEUED_REQUESTS,
     backend: Any = None,
@@ -95,6 +98,8 @@ def deployment(
     health_check_period_s: float = DEFAULT_HEALTH_CHECK_PERIOD_S,
     health_check_timeout_s: float = DEFAULT_HEALTH_CHECK_TIMEOUT_S,
     graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
+    autoscaling_config: AutoscalingConfig | dict[str, Any] | None = None,
+    user_config: Any = None,
     route_prefix: str | None = None,
 ) -> Deployment | Callable[[Callable[..., Any]], Deployment]:
     """Turn a class or function into a deployment; usable bare or with options.
@@ -113,6 +118,8 @@ def deployment(
             health_check_period_s=health_check_period_s,
             health_check_timeout_s=health_check_timeout_s,
             graceful_shutdown_timeout_s=graceful_shutdown_timeout_s,
+            autoscaling_config=autoscaling_config,  # type: ignore[arg-type] # a dict is read
+            user_config=user_config,
         )
         return Deployment(target, config, route_prefix)
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from asgiserve.backends import Backend, ReplicaSpec, resolve_backend
+from asgiserve.config import DeploymentConfig
 from asgiserve.deployment import Application
 from asgiserve.handle import DeploymentHandle
 from asgiserve.scheduler import Scheduler
+from asgiserve.shipping import fingerprint
+
+logger = logging.getLogger("asgiserve")
 
 
 def children(value: Any) -> list[Application]:
@@ -106,17 +112,21 @@ def deploy_graph(
     app_name: str,
     backend: str | Backend,
     schedulers: dict[str, Scheduler],
+    running: dict[str, Scheduler] | None = None,
 ) -> str:
     """Build every replica of the graph (blocking); returns the ingress deployment's name.
 
     Every scheduler goes into `schedulers` before any replica is built, so progress can be
     read from there meanwhile. `backend` is the choice for deployments that name none
     themselves. If a constructor raises, the replicas already built are stopped and the
-    user's error propagates.
+    user's error propagates. With `running` (an update in place), a deployment whose code
+    is unchanged keeps its scheduler, and its changed live options are applied last.
     """
     apps = ordered(root)
     names = unique_names(apps)
     versions: dict[int, str] = {}  # dependencies first, so a version covers its handles'
+    fresh: list[Scheduler] = []
+    kept: list[tuple[Scheduler, DeploymentConfig]] = []
     try:
         for app in apps:
             name = names[id(app)]
@@ -124,16 +134,64 @@ def deploy_graph(
             chosen = resolve_backend(config.backend or backend)
             make = spec_maker(app, names, app_name, names[id(root)], versions)
             versions[id(app)] = chosen.version(make(""))
-            schedulers[name] = Scheduler(app_name, config, chosen, make)
-        for scheduler in list(schedulers.values()):
+            code = code_of(make(""), chosen)
+            old = (running or {}).get(name)
+            if old is not None and not old.closed and old.code == code:
+                schedulers[name] = old
+                kept.append((old, config))
+                continue
+            scheduler = schedulers[name] = Scheduler(app_name, config, chosen, make)
+            scheduler.code = code
+            if old is not None:  # replica ids go on from the old version's
+                scheduler.replica_counter = old.replica_counter
+            fresh.append(scheduler)
+        for scheduler in fresh:
             scheduler.start_replicas()
+        for scheduler, config in kept:
+            if config != scheduler.config:
+                apply_soon(scheduler.update(config))
     except BaseException:
         from asgiserve.loops import close_soon
 
-        for scheduler in schedulers.values():
+        for scheduler in fresh:
             close_soon(scheduler.close())
         raise
     return names[id(root)]
+
+
+def code_of(spec: ReplicaSpec, backend: Backend) -> tuple[Any, ...]:
+    """What tells a change of code: the class or function object itself, the backend, and
+    a fingerprint of the spec without its live options (constructor arguments, the other
+    options, the source file of the module); None for arguments that cannot be pickled,
+    which then count as changed."""
+    try:
+        print_ = fingerprint(spec)
+    except Exception:
+        print_ = None
+    return (spec.target, backend.name, print_ or object())
+
+
+def apply_soon(update: Coroutine[Any, Any, None]) -> None:
+    """Apply a live update and raise its error, from synchronous code; from a thread that
+    runs an event loop (which waiting would block), as a task there whose error is logged."""
+    from asgiserve.loops import run_sync, running_loop
+
+    loop = running_loop()
+    if loop is None:
+        run_sync(update)
+        return
+    task = loop.create_task(update)
+    task.add_done_callback(log_failure)
+    updates_in_flight.add(task)
+    task.add_done_callback(updates_in_flight.discard)
+
+
+updates_in_flight: set[asyncio.Task[None]] = set()
+
+
+def log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("a live update failed", exc_info=task.exception())
 
 
 def spec_maker(

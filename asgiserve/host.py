@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import json
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from asgiserve import config_file, registry
-from asgiserve.api import UNSET, router, run, shutdown_async
+from asgiserve.api import UNSET, delete, router, run, shutdown_async
 from asgiserve.config import HTTPOptions
 from asgiserve.deployment import Application, Deployment
 from asgiserve.graph import with_options
@@ -269,6 +270,7 @@ class Host:
             await send({"type": "lifespan.startup.failed", "message": str(exc)})
             return
         ready = asyncio.ensure_future(self.deploy_and_announce())
+        self.reload_on_sighup()
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown: the server no longer accepts, requests are done
         ready.cancel()
@@ -276,6 +278,42 @@ class Host:
         await inner.shutdown()
         await shutdown_async()  # every replica, process and actor
         await send({"type": "lifespan.shutdown.complete"})
+
+    def reload_on_sighup(self) -> None:
+        """`kill -HUP` reloads a config file: each application is updated in place."""
+        if not config_file.is_config_file(self.spec.target):
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach the main thread only (a server run from a thread)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+
+    async def reload(self) -> None:
+        """Apply the config file again: applications added deploy, removed ones are
+        deleted, changed ones update in place. A file that does not validate changes
+        nothing; its errors are printed with file, field and line."""
+        say(f"{self.label}asgiserve: SIGHUP: reloading {self.spec.target}")
+        try:
+            jobs = await in_daemon_thread(
+                lambda: config_jobs(config_file.load(self.spec.target), router)
+            )
+        except (config_file.ConfigError, TargetError) as exc:
+            say(f"{self.label}asgiserve: {exc}; nothing was changed")
+            return
+        except Exception:
+            say(f"{self.label}asgiserve: the config file could not be loaded; nothing was changed")
+            traceback.print_exc()
+            return
+        names = {job.name for job in jobs}
+        for job in jobs:
+            try:
+                await in_daemon_thread(job.deploy)
+            except Exception:
+                say(f"{self.label}asgiserve: updating {job.name!r} failed; it runs as before")
+                traceback.print_exc()
+        for name in sorted(set(registry.applications) - names):
+            delete(name)
+        say(f"{self.label}asgiserve: reloaded {self.spec.target}: {', '.join(sorted(names))}")
 
     async def deploy_and_announce(self) -> None:
         try:

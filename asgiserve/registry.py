@@ -37,8 +37,8 @@ class RunningApp:
         """Replicas built and alive, and replicas wanted, over every deployment."""
         ready = wanted = 0
         for scheduler in list(self.schedulers.values()):
-            wanted += scheduler.config.num_replicas
-            ready += min(len(scheduler.slots), scheduler.config.num_replicas)
+            wanted += scheduler.target
+            ready += min(len(scheduler.slots), scheduler.target)
         return ready, wanted
 
     @property

@@ -8,6 +8,7 @@ Synchronous user code runs in a worker thread so one slow call does not stall th
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import inspect
@@ -70,6 +71,20 @@ async def invoke(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         result = await run_in_thread(fn, *args, **kwargs)
     if inspect.isawaitable(result):
         result = await result
+    return result
+
+
+def call_now(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call user code from a constructor's thread; an `async def` runs to completion on
+    a loop of its own, in another thread (this one may be running a loop already)."""
+    result = fn(*args)
+    if inspect.isawaitable(result):
+
+        async def wait() -> Any:
+            return await result
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, wait()).result()
     return result
 
 
@@ -192,6 +207,14 @@ class ReplicaRuntime(Replica):
             self.instance: Any = target(*spec.init_args, **spec.init_kwargs)
         else:
             self.instance = target
+        if spec.config.user_config is not None:
+            reconfigure = getattr(self.instance, "reconfigure", None)
+            if reconfigure is None or not inspect.isclass(target):
+                raise TypeError(
+                    f"deployment {spec.deployment_name!r} has a user_config but no "
+                    "reconfigure(self, config) method to give it to"
+                )
+            call_now(reconfigure, spec.config.user_config)
         app = ingress_app(target)
         self.lifespan: Lifespan | None = None
         if app is not None:

@@ -7,27 +7,34 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import dataclasses
 import functools
 import logging
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.types import Receive, Send
+from starlette.types import Message, Receive, Send
 
+from asgiserve.autoscaling import Autoscaler
 from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
-from asgiserve.config import DeploymentConfig
+from asgiserve.config import LIVE_OPTIONS, DeploymentConfig
+from asgiserve.context import new_request_id
 from asgiserve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaDiedError
-from asgiserve.loops import ignore_outcome, running_loop
+from asgiserve.handle import never
+from asgiserve.loops import ignore_outcome, on_loop, run_sync, running_loop
 from asgiserve.multiplex import Placement, models_per_replica
 
 logger = logging.getLogger("asgiserve")
 
 RESTART_BACKOFF_S = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # after 1, 2, 3 ... deaths in a row
 CALM_AFTER_S = 60.0  # a replica that lived this long resets the back-off
+RETIRE_POLL_S = 0.02  # how often a replaced deployment looks whether it has drained
 
 
 def settle(future: concurrent.futures.Future[None], task: asyncio.Task[None]) -> None:
@@ -80,6 +87,12 @@ class Scheduler:
         self.health: tuple[asyncio.AbstractEventLoop, asyncio.Task[None]] | None = None
         self.background: set[asyncio.Future[None]] = set()
         self.model_limit = models_per_replica(make_spec("").target)  # 0: not multiplexed
+        self.target = config.initial_replicas  # replicas wanted now (the autoscaler's)
+        self.starting_count = 0  # replicas being added by `scale_to`
+        self.draining: list[Slot] = []  # out of rotation, finishing their calls
+        self.autoscaler: Autoscaler | None = None
+        self.scaling: asyncio.Lock | None = None  # on the serving loop, once started
+        self.code: Any = None  # what tells a change of code (see `updates.same_code`)
 
     @property
     def name(self) -> str:
@@ -89,10 +102,14 @@ class Scheduler:
         self.replica_counter += 1
         return f"{self.app_name}#{self.config.name}#{self.replica_counter}"
 
+    def new_spec(self) -> ReplicaSpec:
+        """A spec for one more replica, with the options as they are now (live updates)."""
+        return dataclasses.replace(self.make_spec(self.next_replica_id()), config=self.config)
+
     def start_replicas(self) -> None:
         """Build every replica now, so a failing constructor fails `run()` (blocking)."""
-        missing = self.config.num_replicas - len(self.slots)
-        specs = [self.make_spec(self.next_replica_id()) for _ in range(missing)]
+        missing = self.target - len(self.slots)
+        specs = [self.new_spec() for _ in range(missing)]
         if not self.backend.starts_in_parallel or missing < 2:
             for spec in specs:
                 self.add_slot(Slot(self.backend.start_replica(spec)))
@@ -144,6 +161,22 @@ class Scheduler:
         if self.health is None:
             loop = asyncio.get_running_loop()
             self.health = (loop, loop.create_task(self.check_health()))
+            self.scaling = asyncio.Lock()
+            self.start_autoscaler()
+
+    def start_autoscaler(self) -> None:
+        """On the serving loop (from any thread); again after `autoscaling_config` changes."""
+        home = self.home_loop()
+        if home is not None and home is not running_loop():
+            home.call_soon_threadsafe(self.start_autoscaler)
+            return
+        if self.autoscaler is not None and self.autoscaler.task is not None:
+            self.autoscaler.task.cancel()
+        self.autoscaler = None
+        scaling = self.config.autoscaling_config
+        if scaling is not None and self.health is not None:
+            self.autoscaler = Autoscaler(self, scaling)
+            self.autoscaler.task = self.health[0].create_task(self.autoscaler.run())
 
     def pick(self) -> Slot | None:
         """Power of two choices on in-flight counts; None when every replica is full."""
@@ -193,6 +226,8 @@ class Scheduler:
                 )
             waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
+        if not self.slots and self.autoscaler is not None:
+            self.autoscaler.poke()  # at zero replicas: one starts for this request
         if self.take_back_if_free(waiter):
             return waiter.result()
         try:
@@ -279,6 +314,144 @@ class Scheduler:
             finally:
                 self.release(slot)
 
+    # -- scaling and live updates -------------------------------------------------------
+
+    def home_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The serving loop its health checks and autoscaler run on, once started."""
+        if self.health is None or self.health[0].is_closed():
+            return None
+        return self.health[0]
+
+    async def scale_to(self, count: int) -> None:
+        """Start or drain replicas until `count` are in rotation; one change at a time."""
+        self.target = count
+        home = self.home_loop()
+        if home is None:  # not started yet (an update from `run()`): build or drop now
+            await asyncio.to_thread(self.resize_unstarted)
+            return
+        if home is not running_loop():
+            await on_loop(home, self.scale_to(count))
+            return
+        assert self.scaling is not None
+        async with self.scaling:
+            missing = self.target - len(self.slots)  # the newest wish
+            if missing > 0:
+                await self.add_replicas(missing)
+            elif missing < 0:
+                self.drain(-missing)
+
+    def resize_unstarted(self) -> None:
+        self.start_replicas()
+        extra = self.slots[self.target :]
+        if extra:
+            with self.lock:
+                self.slots = self.slots[: self.target]
+            for slot in extra:
+                run_sync(slot.replica.stop(0))
+
+    async def add_replicas(self, count: int) -> None:
+        """Start `count` replicas (side by side where the backend can); each serves as soon
+        as it is up. Raises the first constructor error, after the others are up."""
+        generation = self.generation
+
+        async def one() -> None:
+            replica = await asyncio.to_thread(self.backend.start_replica, self.new_spec())
+            await replica.start()
+            if generation != self.generation or self.closed:
+                await replica.stop(0)  # stopped meanwhile
+            else:
+                self.add_started(replica)
+
+        self.starting_count += count
+        outcomes: list[BaseException | None] = []
+        try:
+            if self.backend.starts_in_parallel:
+                starts = (one() for _ in range(count))
+                outcomes = await asyncio.gather(*starts, return_exceptions=True)
+            else:
+                for _ in range(count):
+                    try:
+                        await one()
+                    except Exception as exc:
+                        outcomes.append(exc)
+        finally:
+            self.starting_count -= count
+        errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if errors:
+            raise errors[0]
+
+    def drain(self, count: int) -> None:
+        """Take the `count` least busy replicas out of rotation; each stops once its calls
+        are done (within `graceful_shutdown_timeout_s`)."""
+        victims = sorted(self.slots, key=lambda slot: slot.in_flight)[:count]
+        with self.lock:
+            self.slots = [slot for slot in self.slots if slot not in victims]
+        for slot in victims:
+            slot.dead = True  # `release` hands it no more waiters
+            self.draining.append(slot)
+            task = asyncio.ensure_future(self.stop_drained(slot))
+            self.background.add(task)
+            task.add_done_callback(self.background.discard)
+
+    async def stop_drained(self, slot: Slot) -> None:
+        try:
+            await slot.replica.stop(self.config.graceful_shutdown_timeout_s)
+        finally:
+            self.draining.remove(slot)
+
+    async def update(self, config: DeploymentConfig) -> None:
+        """Apply changed live options (`config.LIVE_OPTIONS`) without restarting a replica.
+        A `reconfigure` that raises changes nothing and raises here."""
+        old = self.config
+        changed = [
+            name for name in LIVE_OPTIONS if getattr(config, name) != getattr(old, name)
+        ]
+        logger.info("updating %r of %r in place: %s", self.name, self.app_name, ", ".join(changed))
+        if config.user_config != old.user_config:
+            await self.reconfigure(config.user_config)
+        self.config = config
+        scaling = config.autoscaling_config
+        try:
+            if scaling != old.autoscaling_config:
+                self.start_autoscaler()
+                if scaling is None:
+                    await self.scale_to(config.initial_replicas)
+                else:
+                    within = max(scaling.min_replicas, min(scaling.max_replicas, self.target))
+                    await self.scale_to(within)
+            elif scaling is None and config.num_replicas != old.num_replicas:
+                await self.scale_to(config.initial_replicas)
+        except Exception:  # a new replica's constructor raised: keep what runs
+            self.config = old
+            self.target = len(self.slots)
+            self.start_autoscaler()
+            raise
+
+    async def reconfigure(self, user_config: Any) -> None:
+        """Call every replica's `reconfigure(user_config)`; if one raises, the replicas done
+        so far get the old config back."""
+        done: list[Slot] = []
+        try:
+            for slot in list(self.slots):
+                await self.control(slot, "reconfigure", user_config)
+                done.append(slot)
+        except Exception:
+            for slot in done:
+                with contextlib.suppress(Exception):
+                    await self.control(slot, "reconfigure", self.config.user_config)
+            raise
+
+    async def control(self, slot: Slot, method: str, *args: Any) -> Any:
+        """Call a method of one replica directly, outside its `max_ongoing_requests`."""
+        result: list[Any] = []
+
+        async def send(message: Message) -> None:
+            result.append(message.get("value"))
+
+        call = Call(new_request_id(), "call", method, args)
+        await slot.replica.handle(call, never, send)
+        return result[0] if result else None
+
     # -- failure -----------------------------------------------------------------------
 
     def lost(self, slot: Slot, reason: BaseException, answering: bool = True) -> None:
@@ -309,9 +482,7 @@ class Scheduler:
         while generation == self.generation:
             await asyncio.sleep(delay)
             try:
-                replica = await asyncio.to_thread(
-                    self.backend.start_replica, self.make_spec(self.next_replica_id())
-                )
+                replica = await asyncio.to_thread(self.backend.start_replica, self.new_spec())
                 await replica.start()
             except Exception:
                 delay = min(max(delay * 2, RESTART_BACKOFF_S[1]), RESTART_BACKOFF_S[-1])
@@ -321,13 +492,17 @@ class Scheduler:
             if generation != self.generation:  # stopped meanwhile
                 await replica.stop(0)
                 break
-            slot = Slot(replica, started=True, born=loop.time())
-            self.add_slot(slot)
-            while self.waiters and slot.in_flight < self.config.max_ongoing_requests:
-                slot.in_flight += 1
-                self.hand_to_waiter(slot)
+            self.add_started(replica)
             break
         await stopping
+
+    def add_started(self, replica: Replica) -> None:
+        """Put a started replica in rotation and give it what waits."""
+        slot = Slot(replica, started=True, born=asyncio.get_running_loop().time())
+        self.add_slot(slot)
+        while self.waiters and slot.in_flight < self.config.max_ongoing_requests:
+            slot.in_flight += 1
+            self.hand_to_waiter(slot)
 
     async def check_health(self) -> None:
         """Every `health_check_period_s`, replace replicas whose check fails or hangs.
@@ -336,10 +511,9 @@ class Scheduler:
         does not answer (a stopped process, a blocked event loop) may never answer its
         cancel either. It is killed at once, which ends its check and its calls.
         """
-        period = self.config.health_check_period_s
-        timeout = self.config.health_check_timeout_s
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(self.config.health_check_period_s)
+            timeout = self.config.health_check_timeout_s
             checks = {
                 asyncio.ensure_future(slot.replica.check_health()): slot
                 for slot in list(self.slots)
@@ -368,6 +542,9 @@ class Scheduler:
             self.health = None
             if not loop.is_closed():
                 loop.call_soon_threadsafe(task.cancel)
+                if self.autoscaler is not None and self.autoscaler.task is not None:
+                    loop.call_soon_threadsafe(self.autoscaler.task.cancel)
+        self.autoscaler = None
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
@@ -380,16 +557,37 @@ class Scheduler:
             return_exceptions=True,
         )
 
+    async def retire(self) -> None:
+        """Replaced by a new version (an update in place): handles look again, and once
+        what it has queued and running is done, within `graceful_shutdown_timeout_s`,
+        its replicas stop."""
+        self.closed = True
+        deadline = time.monotonic() + self.config.graceful_shutdown_timeout_s
+        while self.waiters or any(slot.in_flight for slot in self.slots):
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(RETIRE_POLL_S)
+        await self.stop()
+
     async def close(self) -> None:
         """Stop for good: the deployment was deleted."""
         self.closed = True
         await self.stop()
 
     def status(self) -> dict[str, Any]:
+        scaling = self.config.autoscaling_config
         return {
             "status": "DELETED" if self.closed else "HEALTHY" if self.slots else "STOPPED",
             "backend": self.backend.name,
             "num_replicas": self.config.num_replicas,
+            "target_replicas": self.target,
+            "running_replicas": len(self.slots),
+            "starting_replicas": self.starting_count,
+            "draining_replicas": len(self.draining),
+            "autoscaling": None if scaling is None else {
+                "config": scaling.to_dict(),
+                "last_decision": self.autoscaler.decision if self.autoscaler else None,
+            },
             "queued": len(self.waiters),
             "replicas": [
                 {
@@ -400,4 +598,4 @@ class Scheduler:
                 }
                 for slot in self.slots
             ],
-        }
+        }  # fmt: skip

@@ -164,9 +164,11 @@ def pickle_spec(spec: ReplicaSpec, by_value: bool = False) -> bytes:
 
 
 def fingerprint(spec: ReplicaSpec) -> str:
-    """What a replica runs, the same for each replica of a deployment: its spec (options,
-    arguments, code sent by value) and the source of the module it is imported from."""
-    digest = hashlib.sha256(pickle_spec(dataclasses.replace(spec, replica_id="")))
+    """What a replica runs, the same for each replica of a deployment: its spec (arguments,
+    code sent by value, the options a change of which restarts it) and the source of the
+    module it is imported from."""
+    code = dataclasses.replace(spec, replica_id="", config=spec.config.code_part())
+    digest = hashlib.sha256(pickle_spec(code))
     module = sys.modules.get(getattr(spec.target, "__module__", "") or "")
     source = getattr(module, "__file__", None)
     if source is not None and os.path.isfile(source):
