@@ -16,6 +16,8 @@ from asgiserve.shipping import fingerprint
 
 logger = logging.getLogger("asgiserve")
 
+ROLL_STEP = 5  # a rolling update starts 1/ROLL_STEP of a deployment's replicas at a time
+
 
 def children(value: Any) -> list[Application]:
     """Applications bound among constructor arguments, inside lists, tuples and dicts too."""
@@ -146,7 +148,10 @@ def deploy_graph(
                 scheduler.replica_counter = old.replica_counter
             fresh.append(scheduler)
         for scheduler in fresh:
-            scheduler.start_replicas()
+            # A roll starts a fifth of the replicas at a time (at least one), as Ray
+            # Serve's does: the old version serves meanwhile, on the same CPUs.
+            at_once = None if running is None else max(1, scheduler.target // ROLL_STEP)
+            scheduler.start_replicas(at_once)
         for scheduler, config in kept:
             if config != scheduler.config:
                 apply_soon(scheduler.update(config))

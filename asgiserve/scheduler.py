@@ -106,15 +106,18 @@ class Scheduler:
         """A spec for one more replica, with the options as they are now (live updates)."""
         return dataclasses.replace(self.make_spec(self.next_replica_id()), config=self.config)
 
-    def start_replicas(self) -> None:
-        """Build every replica now, so a failing constructor fails `run()` (blocking)."""
+    def start_replicas(self, at_once: int | None = None) -> None:
+        """Build every replica now, so a failing constructor fails `run()` (blocking);
+        `at_once` at a time (all, where the backend can) to spare the CPU the old version
+        serves with during a roll."""
         missing = self.target - len(self.slots)
         specs = [self.new_spec() for _ in range(missing)]
-        if not self.backend.starts_in_parallel or missing < 2:
+        parallel = min(missing, at_once or missing) if self.backend.starts_in_parallel else 1
+        if parallel < 2:
             for spec in specs:
                 self.add_slot(Slot(self.backend.start_replica(spec)))
             return
-        with concurrent.futures.ThreadPoolExecutor(missing) as pool:
+        with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
             starts = [pool.submit(self.backend.start_replica, spec) for spec in specs]
             for start in concurrent.futures.as_completed(starts):  # each counts as it is up
                 if start.exception() is None:
