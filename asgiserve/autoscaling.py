@@ -19,7 +19,7 @@ import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from asgiserve.scheduler import Scheduler
@@ -120,19 +120,94 @@ def wanted(config: AutoscalingConfig, current: int, load: float) -> int:
     return max(config.min_replicas, min(config.max_replicas, count))
 
 
-class Autoscaler:
-    """Samples a scheduler's load and resizes it; one task on the serving loop."""
+class Policy:
+    """The decision, apart from any scheduler: fed one load sample at a time, it says when
+    the replica count should change. Plain data, so a Ray actor can hold it for servers
+    that share replicas."""
 
-    def __init__(self, scheduler: Scheduler, config: AutoscalingConfig) -> None:
-        self.scheduler = scheduler
+    def __init__(self, config: AutoscalingConfig) -> None:
         self.config = config
-        self.samples: deque[tuple[float, int]] = deque()
+        self.samples: deque[tuple[float, float]] = deque()
         self.asking_since: float | None = None  # since when it asks for more, or fewer
         self.asking_up = False
         self.decision: dict[str, Any] | None = None  # the last one, for `status()`
+
+    def average(self, now: float, load: float) -> float:
+        self.samples.append((now, load))
+        while self.samples and self.samples[0][0] < now - self.config.look_back_period_s:
+            self.samples.popleft()
+        return sum(sample for _, sample in self.samples) / len(self.samples)
+
+    def delay(self, current: int, asked: int) -> float:
+        if asked > current:
+            return self.config.upscale_delay_s
+        if asked == 0 and self.config.downscale_to_zero_delay_s is not None:
+            return self.config.downscale_to_zero_delay_s
+        return self.config.downscale_delay_s
+
+    def decide(self, now: float, load: float, current: int, waiting: bool) -> int | None:
+        """One sample (`waiting`: a call is queued); the new count when one is due."""
+        average = self.average(now, load)
+        if current == 0 and waiting:
+            asked = max(1, self.config.min_replicas)  # a request waits for a first replica
+            return self.note(current, asked, "a request arrived while at zero replicas")
+        asked = wanted(self.config, current, average)
+        if asked == current:
+            self.asking_since = None
+            return None
+        up = asked > current
+        if self.asking_since is None or up != self.asking_up:
+            self.asking_since, self.asking_up = now, up  # the clock restarts on a turn
+        if now - self.asking_since < self.delay(current, asked):
+            return None
+        self.asking_since = None
+        reason = (
+            f"average load {average:.2f} over {self.config.look_back_period_s:g}s for a "
+            f"target of {self.config.target_ongoing_requests:g} per replica"
+        )
+        return self.note(current, asked, reason)
+
+    def note(self, current: int, asked: int, reason: str) -> int:
+        self.decision = {"from": current, "to": asked, "reason": reason, "at": time.time()}
+        return asked
+
+
+class Decider(Protocol):
+    """Where a server's autoscaler takes its decisions: its own `Policy`, or, where
+    servers share replicas, one they all report to."""
+
+    async def decide(self, load: float, current: int, waiting: bool) -> int | None: ...
+
+    def last_decision(self) -> dict[str, Any] | None: ...
+
+
+class LocalDecider:
+    """This server decides alone, from the load it sees."""
+
+    def __init__(self, config: AutoscalingConfig) -> None:
+        self.policy = Policy(config)
+
+    async def decide(self, load: float, current: int, waiting: bool) -> int | None:
+        return self.policy.decide(time.monotonic(), load, current, waiting)
+
+    def last_decision(self) -> dict[str, Any] | None:
+        return self.policy.decision
+
+
+class Autoscaler:
+    """Samples a scheduler's load and resizes it as its decider says; one task on the
+    serving loop."""
+
+    def __init__(self, scheduler: Scheduler, decider: Decider) -> None:
+        self.scheduler = scheduler
+        self.decider = decider
         self.wake = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[None] | None = None
+
+    @property
+    def decision(self) -> dict[str, Any] | None:
+        return self.decider.last_decision()
 
     def poke(self) -> None:
         """Decide now, not at the next sample (a request waits at zero replicas); from
@@ -145,60 +220,34 @@ class Autoscaler:
         scheduler = self.scheduler
         return sum(slot.in_flight for slot in scheduler.slots) + len(scheduler.waiters)
 
-    def average(self, now: float) -> float:
-        self.samples.append((now, self.load()))
-        while self.samples and self.samples[0][0] < now - self.config.look_back_period_s:
-            self.samples.popleft()
-        return sum(load for _, load in self.samples) / len(self.samples)
-
-    def delay(self, current: int, asked: int) -> float:
-        if asked > current:
-            return self.config.upscale_delay_s
-        if asked == 0 and self.config.downscale_to_zero_delay_s is not None:
-            return self.config.downscale_to_zero_delay_s
-        return self.config.downscale_delay_s
-
-    def step(self, now: float) -> int | None:
+    async def step(self) -> int | None:
         """One sample; the new replica count when one is due, else None."""
-        current = self.scheduler.target
-        load = self.average(now)
-        if current == 0 and self.scheduler.waiters:
-            asked = max(1, self.config.min_replicas)  # a request waits for a first replica
-            self.note(current, asked, load, "a request arrived while at zero replicas")
-            return asked
-        asked = wanted(self.config, current, load)
-        if asked == current:
-            self.asking_since = None
+        scheduler = self.scheduler
+        current = scheduler.target
+        asked = await self.decider.decide(self.load(), current, bool(scheduler.waiters))
+        if asked is None or asked == current:
             return None
-        up = asked > current
-        if self.asking_since is None or up != self.asking_up:
-            self.asking_since, self.asking_up = now, up  # the clock restarts on a turn
-        if now - self.asking_since < self.delay(current, asked):
-            return None
-        self.asking_since = None
-        reason = (
-            f"average load {load:.2f} over {self.config.look_back_period_s:g}s for a target "
-            f"of {self.config.target_ongoing_requests:g} per replica"
-        )
-        self.note(current, asked, load, reason)
-        return asked
-
-    def note(self, current: int, asked: int, load: float, reason: str) -> None:
-        self.decision = {"from": current, "to": asked, "reason": reason, "at": time.time()}
+        decision = self.decision or {}
         logger.info(
             "autoscaling %r of %r from %d to %d replicas: %s",
-            self.scheduler.name, self.scheduler.app_name, current, asked, reason,
+            scheduler.name, scheduler.app_name, current, asked, decision.get("reason", ""),
         )  # fmt: skip
+        return asked
 
     async def run(self) -> None:
-        loop = self.loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         while True:
             try:
                 await asyncio.wait_for(self.wake.wait(), SAMPLE_PERIOD_S)
             except TimeoutError:
                 pass
             self.wake.clear()
-            asked = self.step(loop.time())
+            try:
+                asked = await self.step()
+            except Exception:  # a shared decider out of reach: ask again next time
+                logger.exception("autoscaling %r: no decision", self.scheduler.name)
+                await asyncio.sleep(RETRY_AFTER_S)
+                continue
             if asked is not None:
                 try:
                     await self.scheduler.scale_to(asked)

@@ -10,6 +10,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import itertools
 import logging
 import random
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 
 from starlette.types import Message, Receive, Send
 
-from asgiserve.autoscaling import Autoscaler
+from asgiserve.autoscaling import Autoscaler, LocalDecider
 from asgiserve.backends.base import Backend, Call, Replica, ReplicaSpec
 from asgiserve.config import LIVE_OPTIONS, DeploymentConfig
 from asgiserve.context import new_request_id
@@ -60,6 +61,12 @@ class Slot:
     report: Any = None  # what its last health check said (batch queues), for `status()`
 
 
+def replica_index(slot: Slot) -> int:
+    """The number that ends a replica id (`app#Deployment#3`)."""
+    tail = slot.replica.replica_id.rpartition("#")[2]
+    return int(tail) if tail.isdigit() else 0
+
+
 class Scheduler:
     def __init__(
         self,
@@ -91,6 +98,7 @@ class Scheduler:
         self.starting_count = 0  # replicas being added by `scale_to`
         self.draining: list[Slot] = []  # out of rotation, finishing their calls
         self.autoscaler: Autoscaler | None = None
+        self.shared = False  # its replica count is decided with other servers (Ray)
         self.scaling: asyncio.Lock | None = None  # on the serving loop, once started
         self.code: Any = None  # what tells a change of code (see `updates.same_code`)
 
@@ -105,6 +113,12 @@ class Scheduler:
     def new_spec(self) -> ReplicaSpec:
         """A spec for one more replica, with the options as they are now (live updates)."""
         return dataclasses.replace(self.make_spec(self.next_replica_id()), config=self.config)
+
+    def spec_for(self, index: int) -> ReplicaSpec:
+        """A spec for replica number `index` (scaling up reuses the lowest free numbers)."""
+        self.replica_counter = max(self.replica_counter, index)
+        replica_id = f"{self.app_name}#{self.config.name}#{index}"
+        return dataclasses.replace(self.make_spec(replica_id), config=self.config)
 
     def start_replicas(self, at_once: int | None = None) -> None:
         """Build every replica now, so a failing constructor fails `run()` (blocking);
@@ -178,7 +192,10 @@ class Scheduler:
         self.autoscaler = None
         scaling = self.config.autoscaling_config
         if scaling is not None and self.health is not None:
-            self.autoscaler = Autoscaler(self, scaling)
+            spec = dataclasses.replace(self.make_spec(""), config=self.config)
+            shared = self.backend.shared_decider(spec)
+            self.shared = shared is not None
+            self.autoscaler = Autoscaler(self, shared or LocalDecider(scaling))
             self.autoscaler.task = self.health[0].create_task(self.autoscaler.run())
 
     def pick(self) -> Slot | None:
@@ -357,8 +374,13 @@ class Scheduler:
         as it is up. Raises the first constructor error, after the others are up."""
         generation = self.generation
 
+        taken = {replica_index(slot) for slot in [*self.slots, *self.draining]}
+        free = (n for n in itertools.count(1) if n not in taken)
+        # The lowest free numbers: servers sharing replicas name the same ones.
+        specs = [self.spec_for(next(free)) for _ in range(count)]
+
         async def one() -> None:
-            replica = await asyncio.to_thread(self.backend.start_replica, self.new_spec())
+            replica = await asyncio.to_thread(self.backend.start_replica, specs.pop())
             await replica.start()
             if generation != self.generation or self.closed:
                 await replica.stop(0)  # stopped meanwhile
@@ -386,7 +408,10 @@ class Scheduler:
     def drain(self, count: int) -> None:
         """Take the `count` least busy replicas out of rotation; each stops once its calls
         are done (within `graceful_shutdown_timeout_s`)."""
-        victims = sorted(self.slots, key=lambda slot: slot.in_flight)[:count]
+        if self.shared:  # every server sharing the replicas drops the same ones
+            victims = sorted(self.slots, key=lambda slot: -replica_index(slot))[:count]
+        else:
+            victims = sorted(self.slots, key=lambda slot: slot.in_flight)[:count]
         with self.lock:
             self.slots = [slot for slot in self.slots if slot not in victims]
         for slot in victims:

@@ -372,3 +372,15 @@ def test_the_wanted_count() -> None:
     cautious = AutoscalingConfig(max_replicas=8, upscaling_factor=0.5, downscaling_factor=0.5)
     assert wanted(cautious, 1, 10) == 3  # halfway from 1 to 5
     assert wanted(cautious, 5, 2) == 3  # halfway from 5 to 1
+
+
+def test_the_shared_board_sums_every_servers_load() -> None:
+    from asgiserve.autoscaling import Policy
+
+    board_class = pytest.importorskip("asgiserve.backends.ray_board").Board
+    config = AutoscalingConfig(max_replicas=8, upscale_delay_s=0, look_back_period_s=0)
+    board = board_class(config, 1)
+    assert board.report("a", 4, False, config)[0] == 2  # 4 calls at 2 a replica
+    agreed, decision = board.report("b", 6, False, config)  # and 6 more elsewhere
+    assert agreed == 5 and decision is not None and decision["to"] == 5
+    assert isinstance(board.policy, Policy)

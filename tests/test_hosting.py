@@ -558,7 +558,8 @@ def test_config_file_errors_name_file_field_and_line(project: Path) -> None:
         "asgiserve run: error: bad.yaml, line 2: http_options.port: Input should be a valid "
         "integer, unable to parse string as an integer (got 'eighty')",
         "bad.yaml, line 7: applications[0].deployments[0].num_replica: unknown field (known: "
-        "name, num_replicas, max_ongoing_requests, max_queued_requests, backend, "
+        "name, num_replicas, autoscaling_config, user_config, max_ongoing_requests, "
+        "max_queued_requests, backend, "
         "ray_actor_options, health_check_period_s, health_check_timeout_s, "
         "graceful_shutdown_timeout_s)",
     ]

@@ -198,6 +198,60 @@ def servers_in(folders: list[Path], module: str, ray_cluster: Any) -> Iterator[l
             server.wait(timeout=30)
 
 
+SCALED_APP = """
+    import asyncio
+    import asgiserve
+    from fastapi import FastAPI
+
+    @asgiserve.deployment(max_ongoing_requests=8, autoscaling_config={
+        "min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2,
+        "upscale_delay_s": 0.3, "downscale_delay_s": 1, "look_back_period_s": 0.5})
+    class Slow:
+        async def __call__(self):
+            await asyncio.sleep(0.05)
+            return asgiserve.get_request_context().replica_id
+
+    asgiserve.run(Slow.bind(), name="scaled", backend="ray")
+    app = FastAPI(lifespan=asgiserve.router.lifespan)
+
+    @app.get("/-/replicas")
+    def replicas():
+        status = asgiserve.status()["applications"]["scaled"]["deployments"]["Slow"]
+        return sorted(replica["replica_id"] for replica in status["replicas"])
+
+    app.mount("/", asgiserve.router)
+"""
+
+
+def test_servers_sharing_replicas_agree_on_one_count(tmp_path: Path, ray_cluster: Any) -> None:
+    """Load on one server scales the replicas both use; both drop the same ones after."""
+    (tmp_path / "scaled_app.py").write_text(textwrap.dedent(SCALED_APP))
+    with servers_in([tmp_path, tmp_path], "scaled_app", ray_cluster) as ports:
+        busy, idle = (f"http://127.0.0.1:{port}" for port in ports)
+        stop = threading.Event()
+
+        def client() -> None:
+            with httpx.Client(timeout=30) as http:
+                while not stop.is_set():
+                    http.get(f"{busy}/")
+
+        clients = [threading.Thread(target=client) for _ in range(12)]
+        for thread in clients:
+            thread.start()
+        try:
+            ids = ["scaled#Slow#1", "scaled#Slow#2", "scaled#Slow#3"]
+            for url in (busy, idle):  # the idle server follows the busy one's load
+                eventually(lambda url=url: httpx.get(f"{url}/-/replicas").json() == ids, 30)
+            assert sorted(name.partition("@")[0] for name in named_actors("scaled#")) == ids
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join(30)
+        for url in (busy, idle):
+            eventually(lambda url=url: httpx.get(f"{url}/-/replicas").json() == ids[:1], 30)
+        eventually(lambda: len(named_actors("scaled#")) == 1, 30)
+
+
 def test_servers_with_other_code_under_one_name_get_their_own_replicas(
     tmp_path: Path, ray_cluster: Any
 ) -> None:

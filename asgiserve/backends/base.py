@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from starlette.types import Receive, Scope, Send
 
 if TYPE_CHECKING:
+    from asgiserve.autoscaling import Decider
     from asgiserve.config import DeploymentConfig
 
 STOP_GRACE_S = 1.0  # how long past its graceful timeout a replica may take to stop
@@ -101,6 +102,11 @@ class Backend(ABC):
         """What tells this deployment's replicas from others' under the same name, where
         servers share replicas; the handles to it carry it, so they reach only these."""
         return ""
+
+    def shared_decider(self, spec: ReplicaSpec) -> Decider | None:
+        """Where servers share this deployment's replicas, what decides how many there are
+        for all of them (from the load each reports); None: each server decides alone."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release what the backend holds once no replica uses it."""

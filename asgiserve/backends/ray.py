@@ -54,6 +54,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from asgiserve.backends.ray_actor import PULL, ReplicaActor, register_serializers
+from asgiserve.backends.ray_board import RayDecider
 
 logger = logging.getLogger("asgiserve")
 
@@ -352,6 +353,15 @@ class RayBackend(Backend):
 
     def version(self, spec: ReplicaSpec) -> str:
         return fingerprint(spec)
+
+    def shared_decider(self, spec: ReplicaSpec) -> RayDecider | None:
+        """Servers sharing these actors agree on their number through one board."""
+        scaling = spec.config.autoscaling_config
+        if scaling is None:
+            return None
+        self.connect()
+        name = f"board:{spec.app_name}#{spec.deployment_name}@{fingerprint(spec)}"
+        return RayDecider(name, NAMESPACE, scaling)
 
     def start_replica(self, spec: ReplicaSpec) -> Replica:
         self.connect()
