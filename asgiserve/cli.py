@@ -124,7 +124,7 @@ def make_parser() -> argparse.ArgumentParser:
         dest="status_routes",
         action="store_false",
         default=None,
-        help="do not answer GET /-/healthz and GET /-/routes (default: answer them)",
+        help="do not answer GET /-/healthz, /-/routes and /-/status (default: answer them)",
     )
     return parser
 

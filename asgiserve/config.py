@@ -163,8 +163,8 @@ class HTTPOptions:
 
     `graceful_shutdown_timeout_s` is how long the server lets in-flight requests finish
     after SIGTERM or SIGINT; `body_timeout_s` how long a request body may stop arriving
-    before the request ends with 408; `status_routes` switches the router's `/-/healthz` and
-    `/-/routes` on or off.
+    before the request ends with 408; `status_routes` switches the router's `/-/healthz`,
+    `/-/routes` and `/-/status` on or off.
     """
 
     host: str = "127.0.0.1"

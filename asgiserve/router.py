@@ -44,7 +44,7 @@ access_log = logger
 # Keys that belong to the outer app; the ingress app is a top-level app of its own.
 OUTER_KEYS = ("app", "router", "endpoint", "route", "app_root_path", "path_params")
 # Answered by the router itself, before any prefix; `Router(status_routes=False)` stops that.
-STATUS_PATHS = ("/-/healthz", "/-/routes")
+STATUS_PATHS = ("/-/healthz", "/-/routes", "/-/status")
 NO_PARAMS: dict[str, Any] = {}  # read only
 # A client's `x-request-id` is only a label, kept when it is visible ASCII of at most 200
 # characters; inside replicas a call is known by ids the server makes.
@@ -196,7 +196,7 @@ class Router:
         self.max_body_size = max_body_size
         self.body_timeout_s = body_timeout_s
         self.debug = debug
-        self.status_routes = status_routes  # `/-/healthz` and `/-/routes`
+        self.status_routes = status_routes  # `/-/healthz`, `/-/routes` and `/-/status`
         self.routes: list[PrefixRoute] = []
         app: ASGIApp = self.dispatch
         for cls, args, kwargs in reversed(middleware or []):
@@ -411,11 +411,16 @@ class Router:
 
     def status_response(self, path: str, scope: Scope) -> Response:
         """`/-/healthz`: 200 once every application has all its replicas, else 503 saying
-        which have how many; `/-/routes`: route prefix -> application, as Serve answers."""
+        which have how many; `/-/routes`: route prefix -> application, as Serve answers;
+        `/-/status`: `asgiserve.status()`."""
         if scope["method"] not in ("GET", "HEAD"):
             return PlainTextResponse("Method Not Allowed", 405, {"allow": "GET, HEAD"})
         if path == "/-/routes":
             return JSONResponse({route.prefix: route.app.name for route in reversed(self.routes)})
+        if path == "/-/status":
+            from asgiserve.api import status  # the module-level API imports this one
+
+            return JSONResponse(status())
         waiting = self.not_ready()
         if waiting:
             return PlainTextResponse("\n".join(waiting) + "\n", 503, {"retry-after": "1"})

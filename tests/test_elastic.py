@@ -21,7 +21,7 @@ import asgiserve
 from asgiserve import AutoscalingConfig
 from asgiserve.autoscaling import wanted
 from asgiserve.config import DeploymentConfig
-from tests.servers import free_port
+from tests.servers import SERVERS, free_port
 from tests.test_faults import eventually
 from tests.test_hosting import running
 
@@ -314,12 +314,13 @@ EXTRA = """\
 """
 
 
-def test_sighup_reloads_the_config_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("server", SERVERS)
+def test_sighup_reloads_the_config_file(tmp_path: Path, server: str) -> None:
     port = free_port()
     (tmp_path / "speaker.py").write_text(SPEAKER)
     config = tmp_path / "serve.yaml"
     config.write_text(SPEAKER_CONFIG.format(port=port, word="two", extra=""))
-    with running(tmp_path, "serve.yaml", port=port) as command, httpx.Client(
+    with running(tmp_path, "serve.yaml", "--server", server, port=port) as command, httpx.Client(
         base_url=command.url, timeout=30
     ) as client:
         command.wait_until_ready()

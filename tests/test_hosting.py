@@ -7,6 +7,7 @@ directory, as a user's project would be.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -681,8 +682,12 @@ def test_status_routes_switch_off(backend: str) -> None:
     asgiserve.run(echo.bind(), name="echo", router=router)
     with serve(router) as server, server.client() as client:
         assert client.get("/-/healthz").text == "the application at /"
+        assert client.get("/-/status").text == "the application at /"
         router.status_routes = True
         assert client.get("/-/healthz").text == "success"
+        status = client.get("/-/status").json()  # asgiserve.status(), over HTTP
+        assert status["applications"]["echo"]["deployments"]["echo"]["running_replicas"] == 1
+        assert json.loads(json.dumps(asgiserve.status())).keys() == status.keys()
 
 
 # -- the docs ----------------------------------------------------------------------------
