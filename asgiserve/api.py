@@ -45,7 +45,7 @@ def run(
     handle to the server's application of that name.
     """
     if isinstance(target, Deployment):
-        target = target.bind()
+        target = target.bind_bare()  # `run(Model)` is `run(Model.bind())`
     if not isinstance(target, Application):
         raise TypeError(f"run() takes a bound application (Deployment.bind()), got {target!r}")
     if registry.in_worker():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, overload
 
@@ -56,11 +57,44 @@ class Deployment:
         )
 
     def bind(self, *args: Any, **kwargs: Any) -> Application:
+        inner = unbound((args, kwargs))
+        if inner is not None:  # else an AttributeError at request time, far from here
+            raise TypeError(
+                f"{self.name}.bind() was given the deployment {inner.name!r} itself; bind "
+                f"it too, as {inner.name}.bind(...), so that {self.name} gets a handle to it"
+            )
         return Application(self, args, kwargs)
+
+    def bind_bare(self) -> Application:
+        """`run(Model)`: bound with no arguments, if its constructor needs none."""
+        if inspect.isclass(self.target):
+            try:
+                inspect.signature(self.target).bind()
+            except TypeError as exc:
+                raise TypeError(
+                    f"run() was given the deployment {self.name!r}, whose constructor needs "
+                    f"arguments ({exc}); bind them first: asgiserve.run({self.name}.bind(...))"
+                ) from None
+            except ValueError:  # no signature to read: let the constructor say
+                pass
+        return self.bind()
 
     def options(self, **options: Any) -> Deployment:
         route_prefix = options.pop("route_prefix", self.route_prefix)
         return Deployment(self.target, self.config.with_options(**options), route_prefix)
+
+
+def unbound(value: Any) -> Deployment | None:
+    """A `Deployment` among bind arguments (inside lists, tuples and dicts too)."""
+    if isinstance(value, Deployment):
+        return value
+    if isinstance(value, (list, tuple)):
+        items: Any = value
+    elif isinstance(value, dict):
+        items = value.values()
+    else:
+        return None
+    return next((found for item in items if (found := unbound(item)) is not None), None)
 
 
 @overload

@@ -102,7 +102,7 @@ def cwd_importable() -> None:
 
 def as_application(found: Any) -> Application | None:
     if isinstance(found, Deployment):
-        return found.bind()
+        return found.bind_bare()
     return found if isinstance(found, Application) else None
 
 

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from asgiserve.config import HTTPOptions
+from asgiserve.extras import install_hint
 from asgiserve.host import DEPLOY_FAILED, SPEC_ENV, Host, RunSpec
 
 SERVERS = ("uvicorn", "hypercorn")
@@ -42,7 +43,7 @@ def require(server: str) -> None:
         __import__(server)
     except ImportError:
         raise ServerMissing(
-            f"{server} is not installed; pip install 'asgiserve[{server}]'"
+            f"{server} is not installed; {install_hint(server)}"
         ) from None
 
 

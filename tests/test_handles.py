@@ -239,3 +239,41 @@ def test_options_and_unknown_options() -> None:
         Calculator.options(num_replica=3)
     with pytest.raises(ValueError, match="num_replicas must be at least 1"):
         Calculator.options(num_replicas=0)
+
+
+def test_a_deployment_passed_without_bind_is_caught_at_bind_time() -> None:
+    @asgiserve.deployment
+    class Inner:
+        pass
+
+    @asgiserve.deployment
+    class Outer:
+        def __init__(self, inner: object = None, models: object = None) -> None:
+            pass
+
+    expected = r"Outer.bind\(\) was given the deployment 'Inner' itself; bind it too, as Inner"
+    with pytest.raises(TypeError, match=expected):
+        Outer.bind(Inner)
+    with pytest.raises(TypeError, match=expected):
+        Outer.bind(models={"a": [Inner]})
+    assert Outer.bind(Inner.bind()).args[0].deployment is Inner
+
+
+def test_run_binds_a_bare_deployment_and_names_bind_when_it_needs_arguments() -> None:
+    @asgiserve.deployment
+    class Bare:
+        def __call__(self) -> str:
+            return "bare"
+
+    @asgiserve.deployment
+    class Needs:
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+    try:
+        handle = asgiserve.run(Bare, name="bare", route_prefix=None, backend="inprocess")
+        assert handle.remote().result() == "bare"  # as asgiserve.run(Bare.bind())
+        with pytest.raises(TypeError, match=r"bind them first: asgiserve.run\(Needs.bind\(...\)\)"):
+            asgiserve.run(Needs, name="needs", route_prefix=None, backend="inprocess")
+    finally:
+        asgiserve.shutdown()

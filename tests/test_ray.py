@@ -406,7 +406,9 @@ def test_without_ray_installed_the_error_names_the_extra() -> None:
     script = "import sys, asgiserve.backends as b; sys.modules['ray'] = None; b.RayBackend()"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 1
-    assert "pip install 'asgiserve[ray]'" in done.stderr
+    assert "pip install 'asgiserve[ray]' (or, in a checkout: pip install -e '.[ray]')" in (
+        done.stderr
+    )
 
 
 @pytest.mark.slow

@@ -25,6 +25,8 @@ from pydantic import ValidatorFunctionWrapHandler
 from pydantic_core import from_json
 from starlette.requests import ClientDisconnect, Request
 
+from asgiserve.extras import install_hint
+
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
@@ -34,8 +36,7 @@ def require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(
-            f"this adapter needs {module!r}, which is not installed: "
-            f'pip install "asgiserve[{extra}]"'
+            f"this adapter needs {module!r}, which is not installed: {install_hint(extra)}"
         ) from exc
 
 

@@ -43,6 +43,7 @@ from asgiserve import registry
 from asgiserve.backends.base import STOP_GRACE_S, Backend, Call, Replica, ReplicaSpec
 from asgiserve.backends.wire import wire_scope
 from asgiserve.exceptions import DeploymentUnavailableError, ReplicaDiedError
+from asgiserve.extras import install_hint
 from asgiserve.shipping import fingerprint, module_to_copy, pickle_spec, worker_path
 
 try:
@@ -50,7 +51,7 @@ try:
     from ray.exceptions import RayActorError
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "the ray backend needs Ray, which is not installed: pip install 'asgiserve[ray]'"
+        f"the ray backend needs Ray, which is not installed: {install_hint('ray')}"
     ) from exc
 
 from asgiserve.backends.ray_actor import PULL, ReplicaActor, register_serializers
