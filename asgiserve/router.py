@@ -58,6 +58,14 @@ UNAVAILABLE = {
     DeploymentUnavailableError: "this application is not available right now; try again later",
     RequestCancelledError: "the request was cancelled before it finished; try again",
 }
+
+
+def server_error(exc: Exception) -> bool:
+    """An error of the application's own (a 500), not one asgiserve answers for it."""
+    known = (RequestTimeoutError, BodyTooLarge, BodyTimeout, *UNAVAILABLE)
+    return not isinstance(exc, known)
+
+
 ROOT_MATCH = (0, NO_PARAMS)  # what the prefix `/` matches, in every path
 
 
@@ -197,6 +205,9 @@ class Router:
         self.body_timeout_s = body_timeout_s
         self.debug = debug
         self.status_routes = status_routes  # `/-/healthz`, `/-/routes` and `/-/status`
+        # Re-raise an application's error after its 500 goes out, as Starlette's
+        # ServerErrorMiddleware does, so a test client sees it (`asgiserve.testing`).
+        self.raise_server_exceptions = False
         self.routes: list[PrefixRoute] = []
         app: ASGIApp = self.dispatch
         for cls, args, kwargs in reversed(middleware or []):
@@ -316,9 +327,11 @@ class Router:
         if scope["type"] != "http":
             try:
                 await scheduler.handle(call, receive, exchange.send)
-            except Exception:
+            except Exception as exc:
                 logger.exception("websocket %s to %r failed", exchange.request_id, app.name)
                 await exchange.server_send({"type": "websocket.close", "code": 1011})
+                if self.raise_server_exceptions and server_error(exc):
+                    raise
             return
         if exchange.content_length > self.max_body_size:
             exchange.status = 413
@@ -353,10 +366,14 @@ class Router:
                     exchange.status,
                     exc_info=exc,
                 )
+                if self.raise_server_exceptions and exchange.status >= 500:
+                    raise
             else:
                 exchange.dropped = True  # whatever the handler sends from now on
                 answer = self.error_response(exc, call.request_id, app.name)
                 await answer(scope, receive, exchange.reply)
+                if self.raise_server_exceptions and server_error(exc):
+                    raise  # into the test, after the 500 went out (`asgiserve.testing`)
         finally:
             exchange.close()
 
