@@ -16,9 +16,9 @@ import sys
 from collections.abc import Sequence
 from types import FrameType
 
-from asgiserve import __version__, config_file
+from asgiserve import __version__, config_file, preflight
 from asgiserve.config import BACKEND_ENV, DEFAULT_BODY_TIMEOUT_S, KEEP_ALIVE_ENV, HTTPOptions
-from asgiserve.host import RunSpec, TargetError, cwd_importable
+from asgiserve.host import RunSpec, TargetError, importable_from
 from asgiserve.servers import SERVERS, ServerMissing, serve
 
 USAGE_ERROR = 2  # as argparse exits on a bad flag
@@ -58,6 +58,12 @@ def make_parser() -> argparse.ArgumentParser:
             "where replicas run, for deployments that choose none "
             f"(default: ${BACKEND_ENV}, else inprocess)"
         ),
+    )
+    run.add_argument(
+        "--app-dir",
+        default=".",
+        metavar="DIR",
+        help="import TARGET's module (or a config file's) from DIR (default: the current one)",
     )
     run.add_argument(
         "--name",
@@ -140,13 +146,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.route_prefix is not None and not args.route_prefix.startswith("/"):
         parser.error(f"--route-prefix must start with '/', got {args.route_prefix!r}")
     try:
+        preflight.check_backend(args.backend, "--backend")
+        preflight.check_environment()
         if config_file.is_config_file(args.target):
-            http = config_file.load(args.target).http_options(**flags)
+            config = config_file.load(args.target)
+            for entry in config.schema.applications:
+                where = f"{args.target} (application {entry.name!r})"
+                preflight.check_backend(entry.backend, where)
+            http = config.http_options(**flags)
         else:
+            preflight.check_target_form(args.target, args.app_dir)
             http = HTTPOptions(**flags)
             if args.workers > 1:  # each worker imports it; say now if none could
-                check_importable(args.target)
-    except (config_file.ConfigError, TargetError) as exc:
+                check_importable(args.target, args.app_dir)
+        preflight.check_port(http)
+    except (config_file.ConfigError, TargetError, preflight.PreflightError) as exc:
         return error(exc)
     except ValueError as exc:  # a flag HTTPOptions refuses, or the environment variable
         parser.error(str(exc))
@@ -158,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         name=args.name,
         route_prefix=args.route_prefix,
         workers=args.workers,
+        app_dir=args.app_dir,
     )
     # uvicorn puts back the handler it found and raises the signal again once it has shut
     # down; ours exits quietly (and with 0) instead of dying of it. Before the server runs,
@@ -179,9 +194,9 @@ def error(exc: Exception) -> int:
     return USAGE_ERROR
 
 
-def check_importable(target: str) -> None:
+def check_importable(target: str, app_dir: str) -> None:
     module = target.partition(":")[0]
-    cwd_importable()
+    importable_from(app_dir)
     try:
         found = importlib.util.find_spec(module)
     except ModuleNotFoundError:

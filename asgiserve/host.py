@@ -51,6 +51,7 @@ class RunSpec:
     name: str = "default"
     route_prefix: str | None = None
     workers: int = 1
+    app_dir: str = "."
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -75,11 +76,11 @@ class Job:
 
 def import_object(path: str) -> Any:
     """The object `module:attribute` names; the current directory is importable, as for
-    `uvicorn main:app`."""
+    `uvicorn main:app` (and `--app-dir`, put first by `Host`)."""
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise TargetError(f"{path!r} is not 'module:attribute' (as in 'main:app') or a config file")
-    cwd_importable()
+    importable_from(".")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -95,9 +96,12 @@ def import_object(path: str) -> Any:
     return found
 
 
-def cwd_importable() -> None:
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+def importable_from(folder: str) -> None:
+    """Modules in `folder` import by name, here and in worker processes (which get this
+    process's `sys.path`)."""
+    path = os.path.abspath(folder)
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
 
 def as_application(found: Any) -> Application | None:
@@ -224,6 +228,7 @@ class Host:
         router.status_routes = spec.http.status_routes
         if spec.backend is not None:
             router.backend = spec.backend
+        importable_from(spec.app_dir)
         self.progress.start()
         try:
             self.load(spec)

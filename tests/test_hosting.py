@@ -716,3 +716,67 @@ def test_deploying_page_commands_and_config_files_are_valid(tmp_path: Path) -> N
         path = tmp_path / f"config{index}.yaml"
         path.write_text(text)
         config_file.load(path)
+
+
+# -- checked before the server listens ----------------------------------------------------
+
+
+def run_command(project: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command_line(*argv), cwd=project, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def test_an_unknown_backend_in_the_environment_is_one_line(project: Path) -> None:
+    done = run_command(project, "service:app", ASGISERVE_BACKEND="gpu")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "asgiserve run: error: $ASGISERVE_BACKEND names the backend 'gpu'; choose one of "
+        "('inprocess', 'subprocess', 'ray')"
+    ]
+
+
+def test_the_ray_backend_without_ray_is_one_line(project: Path) -> None:
+    script = (
+        "import sys; sys.modules['ray'] = None; from asgiserve.cli import main; "
+        "sys.exit(main(['run', 'service:app', '--backend', 'ray']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=project, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "asgiserve run: error: --backend asks for the ray backend, but Ray is not installed: "
+        "pip install 'asgiserve[ray]' (or, in a checkout: pip install -e '.[ray]')"
+    ]
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_port_in_use_is_one_line_before_anything_deploys(project: Path, server: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_command(project, "service:slow", "--port", str(port), "--server", server)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        f"asgiserve run: error: port {port} on 127.0.0.1 is already in use (another server?); "
+        "stop it or choose another port with --port"
+    ]
+
+
+def test_a_file_path_target_says_which_form_and_app_dir_to_use(project: Path) -> None:
+    elsewhere = project / "elsewhere"
+    elsewhere.mkdir()
+    done = run_command(elsewhere, "../service.py:app")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "asgiserve run: error: '../service.py:app' is a file path, not module:attribute; give "
+        "a module and an attribute, as in 'main:app'; for that file, run from its directory "
+        "or add it: asgiserve run --app-dir .. service:app"
+    ]
+    with running(elsewhere, "service:app", "--app-dir", "..") as command:  # as it says
+        command.wait_until_ready()
+        assert httpx.get(f"{command.url}/").json()["tag"] == "model"
+        assert command.stop() == 0
