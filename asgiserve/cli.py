@@ -18,7 +18,14 @@ from types import FrameType
 
 from asgiserve import __version__, config_file, preflight
 from asgiserve.config import BACKEND_ENV, DEFAULT_BODY_TIMEOUT_S, KEEP_ALIVE_ENV, HTTPOptions
-from asgiserve.host import RunSpec, TargetError, importable_from
+from asgiserve.host import (
+    DEPLOY_FAILED,
+    DeployFailed,
+    RunSpec,
+    TargetError,
+    importable_from,
+    report_failure,
+)
 from asgiserve.servers import SERVERS, ServerMissing, serve
 
 USAGE_ERROR = 2  # as argparse exits on a bad flag
@@ -183,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(spec)
     except (config_file.ConfigError, TargetError, ServerMissing) as exc:
         return error(exc)
+    except DeployFailed as exc:  # a config file's builder raised while it was read
+        report_failure(exc)
+        return DEPLOY_FAILED
 
 
 def exit_quietly(signum: int, frame: FrameType | None) -> None:

@@ -66,6 +66,26 @@ class TargetError(ValueError):
     """A TARGET or `import_path` that names nothing asgiserve can serve."""
 
 
+class DeployFailed(Exception):
+    """An application whose builder, constructor or startup raised; the user's error is
+    its `__cause__`."""
+
+    def __init__(self, name: str, what: str = "failed to deploy") -> None:
+        super().__init__(f"application {name!r} {what}")
+        self.name = name
+
+
+def report_failure(exc: BaseException, label: str = "") -> None:
+    """The user's traceback, framed with the application's name."""
+    if isinstance(exc, DeployFailed) and exc.__cause__ is not None:
+        say(f"{label}asgiserve: {exc}; stopping. Its error:")
+        traceback.print_exception(exc.__cause__, file=sys.stderr)
+        say(f"{label}asgiserve: {exc} (the error above)")
+    else:
+        say(f"{label}asgiserve: an application failed to deploy; stopping.")
+        traceback.print_exception(exc, file=sys.stderr)
+
+
 @dataclass
 class Job:
     """One application to deploy once the server is up."""
@@ -126,7 +146,12 @@ def config_jobs(config: config_file.ConfigFile, target_router: Router) -> list[J
             raise error("import_path", str(exc)) from None
         application = as_application(found)
         if application is None and callable(found):  # a builder, as Serve's: args -> app
-            application = as_application(found(entry.args))
+            try:
+                built = found(entry.args)
+            except Exception as exc:
+                what = f"could not be built: its builder {entry.import_path} raised"
+                raise DeployFailed(entry.name, what) from exc
+            application = as_application(built)
             if application is None:
                 raise error("import_path", "the builder function returned no bound application")
         elif application is None:
@@ -325,7 +350,10 @@ class Host:
             await self.deploy()
             for app in list(registry.applications.values()):
                 for scheduler in app.schedulers.values():
-                    await scheduler.ensure_started()  # ingress startup, on the serving loop
+                    try:
+                        await scheduler.ensure_started()  # ingress startup, serving loop
+                    except Exception as exc:
+                        raise DeployFailed(app.name, "failed to start") from exc
         except Exception as exc:
             await self.fail(exc)
         self.progress.stop()
@@ -343,6 +371,8 @@ class Host:
             for job, placeholder in zip(self.jobs, waiting, strict=True):
                 try:
                     job.deploy()
+                except Exception as exc:
+                    raise DeployFailed(job.name) from exc
                 finally:
                     registry.deploying.remove(placeholder)
 
@@ -355,8 +385,7 @@ class Host:
 
     async def fail(self, exc: Exception) -> None:
         self.progress.stop()
-        say(self.label + "asgiserve: an application failed to deploy; stopping.")
-        traceback.print_exception(exc, file=sys.stderr)
+        report_failure(exc, self.label)
         await shutdown_async()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -380,7 +409,7 @@ def worker_app() -> Host:
         return Host(spec, label=f"[worker {os.getpid()}] ")
     except (TargetError, config_file.ConfigError) as exc:
         say(f"asgiserve run: error: {exc}")
-    except Exception:
-        traceback.print_exc()
+    except Exception as exc:
+        report_failure(exc, f"[worker {os.getpid()}] ")
     sys.stderr.flush()
     os._exit(DEPLOY_FAILED)

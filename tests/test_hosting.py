@@ -326,6 +326,32 @@ def test_a_constructor_that_raises_fails_the_command(project: Path) -> None:
         code = command.wait()
     assert code == 3
     assert "RuntimeError: the weights are missing" in command.output
+    assert "asgiserve: application 'default' failed to deploy; stopping. Its error:" in (
+        command.lines
+    )
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_config_builder_that_raises_is_framed_with_its_application(
+    project: Path, server: str
+) -> None:
+    (project / "builders.py").write_text(
+        "def build(args):\n    raise ValueError('no model for ' + args['tag'])\n"
+    )
+    (project / "serve.yaml").write_text(
+        "applications:\n  - name: built\n    import_path: builders:build\n"
+        "    args: {tag: tiny}\n"
+    )
+    done = run_command(project, "serve.yaml", "--server", server, "--port", str(free_port()))
+    assert done.returncode == 3
+    lines = done.stderr.splitlines()
+    assert lines[0] == (
+        "asgiserve: application 'built' could not be built: its builder builders:build raised; "
+        "stopping. Its error:"
+    )
+    assert "ValueError: no model for tiny" in lines
+    assert "builders.py" in done.stderr  # the user's own traceback
+    assert lines[-1].startswith("asgiserve: application 'built' could not be built")
 
 
 # -- keep-alive --------------------------------------------------------------------------
