@@ -106,7 +106,13 @@ def import_object(path: str) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name is None or not (module_name + ".").startswith(exc.name + "."):
             raise  # the user's module imports something missing: their traceback says what
-        raise TargetError(f"cannot import module {module_name!r} for {path!r}: {exc}") from None
+        pythons = (sys.prefix, sys.base_prefix)
+        looked = [p for p in sys.path if p and os.path.isdir(p) and not p.startswith(pythons)]
+        raise TargetError(
+            f"cannot import module {module_name!r} for {path!r}: {exc}. Looked in "
+            f"{', '.join(looked) or 'no folder of yours'} (and Python's own); run from the "
+            "directory the module is in, or name it with --app-dir DIR"
+        ) from None
     found: Any = module
     for part in attribute.split("."):
         try:

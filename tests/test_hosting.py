@@ -296,6 +296,7 @@ def test_settings_reach_the_router_and_the_server(project: Path) -> None:
     [
         (["service:nothing"], "module 'service' has no attribute 'nothing'"),
         (["nowhere:app"], "cannot import module 'nowhere'"),
+        (["nowhere:app", "--app-dir", "/"], "Looked in /, "),
         (["web:app", "--route-prefix", "/x"], "--route-prefix is for a bound application"),
         (["service:app", "--route-prefix", "x"], "--route-prefix must start with '/'"),
         (["service:app", "--keep-alive-timeout-s", "0"], "keep_alive_timeout_s must be above 0"),
