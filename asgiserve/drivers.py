@@ -49,11 +49,14 @@ def is_model(adapter: Any) -> bool:
 def make_endpoint(handle: DeploymentHandle, adapter: Any) -> Callable[..., Any]:
     """`async def endpoint(inp)`: the adapter's result (or the validated model) to `handle`."""
     from fastapi import Body, Depends
+    from starlette.responses import Response
 
-    from asgiserve.responses import to_response
+    from asgiserve.responses import JSONResponse
 
     async def endpoint(inp: Any) -> Any:
-        return to_response(await handle.remote(inp))
+        """JSON, as a FastAPI route answers and Ray Serve's driver did (a `str` too)."""
+        result = await handle.remote(inp)
+        return result if isinstance(result, Response) else JSONResponse(result)
 
     # FastAPI reads the signature: a pydantic model is the JSON body, a function a dependency
     if is_model(adapter):

@@ -27,7 +27,7 @@ from asgiserve.backends.base import ITEM, RESULT, Call, Replica, ReplicaSpec
 from asgiserve.ingress import build_app, ingress_app
 from asgiserve.loops import on_loop
 from asgiserve.multiplex import current_model_id
-from asgiserve.responses import error_response, to_response
+from asgiserve.responses import EncodeError, error_response, to_response
 
 logger = logging.getLogger("asgiserve")
 
@@ -101,8 +101,9 @@ async def drain(tasks: set[asyncio.Task[Any]], timeout_s: float) -> None:
 class RequestHandler:
     """`__call__(request)` as an ASGI app; its return value becomes the response."""
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], name: str = "") -> None:
         self.fn = fn
+        self.name = name  # `Deployment.__call__`, for the error a return value can cause
         self.with_request = takes_arguments(fn)
         self.coroutine = is_async(fn)
 
@@ -117,7 +118,14 @@ class RequestHandler:
             result = await run_in_thread(self.fn, *args)
             if inspect.isawaitable(result):
                 result = await result
-        await to_response(result)(scope, receive, send)
+        try:
+            response = to_response(result)
+        except EncodeError as exc:  # a 500, and the log line says whose and what
+            raise EncodeError(
+                f"{self.name} returned {type(result).__name__}, which cannot be the response: "
+                f"{exc}"
+            ) from None
+        await response(scope, receive, send)
 
 
 class NoHTTP:
@@ -222,7 +230,7 @@ class ReplicaRuntime(Replica):
             self.app: ASGIApp = build_app(app, cls, self.instance)
             self.lifespan = Lifespan(self.app)
         elif callable(self.instance):
-            self.app = RequestHandler(self.method("__call__"))
+            self.app = RequestHandler(self.method("__call__"), f"{spec.deployment_name}.__call__")
         else:
             self.app = NoHTTP(spec.deployment_name)
 

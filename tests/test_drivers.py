@@ -83,7 +83,8 @@ def test_query_parameter_adapter_and_default_adapter(http: httpx.Client) -> None
             return request.url.path
 
     asgiserve.run(asgiserve.DAGDriver.bind(Path.bind()), name="raw", route_prefix="/raw")
-    assert http.get("/raw").text.startswith("/raw")  # no adapter: the Starlette request
+    assert http.get("/raw").json().startswith("/raw")  # no adapter: the Starlette request
+    assert http.get("/raw").headers["content-type"] == "application/json"  # a str is JSON
 
 
 def test_several_routes_under_one_driver(http: httpx.Client) -> None:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import gc
+import logging
+import re
 import time
 import weakref
+from typing import Any
 
 import httpx
 import numpy as np
@@ -12,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount
+from starlette.testclient import TestClient
 
 import asgiserve
 from tests.servers import SERVERS, serve
@@ -324,3 +328,31 @@ def test_a_request_is_freed_once_answered(http: httpx.Client, backend: str) -> N
         assert probes[-1]() is None
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    "returned, message",
+    [
+        (lambda: 1, r"Returns.__call__ returned function, .*'function' objects are not data"),
+        (object(), r"returned object, .*'object' objects have no JSON form"),
+        ({"score": float("nan")}, r"JSON has no NaN or infinity, found at \['score'\]"),
+        ({"blob": [b"\xff"]}, r"bytes that are not UTF-8 .* found at \['blob'\]\[0\]"),
+    ],
+)
+def test_a_return_value_that_cannot_be_encoded_is_a_500_that_says_why(
+    returned: Any, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    @asgiserve.deployment
+    class Returns:
+        def __call__(self) -> Any:
+            return returned
+
+    router = asgiserve.Router()
+    asgiserve.run(Returns.bind(), name="returns", router=router, backend="inprocess")
+    try:
+        with TestClient(router) as client, caplog.at_level(logging.ERROR, "asgiserve"):
+            assert client.get("/").status_code == 500
+        assert any(re.search(message, str(record.exc_info[1])) for record in caplog.records
+                   if record.exc_info)  # fmt: skip
+    finally:
+        asgiserve.shutdown()
