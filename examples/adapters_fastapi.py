@@ -6,7 +6,8 @@ document. The seed's `...` body is filled in with the array's shape and sum.
 
 Run it:    python examples/adapters_fastapi.py     (serves on :8000, runs `client`)
 Or serve:  uvicorn --app-dir examples adapters_fastapi:app --port 8000
-Then:      curl -d '{"array": [1, 2, 3, 4], "shape": [2, 2]}' http://127.0.0.1:8000/endpoint
+Then:      curl -H 'content-type: application/json' \
+                -d '{"array": [1, 2, 3, 4], "shape": [2, 2]}' http://127.0.0.1:8000/endpoint
            ->  {"shape":[2,2],"sum":10}
 """
 

@@ -6,7 +6,8 @@ is `asgiserve.DAGDriver`, `ray.serve.http_adapters` is `asgiserve.adapters`.
 
 Run it:    python examples/dagdriver.py            (serves on :8000, runs `client`)
 Or serve:  uvicorn --app-dir examples dagdriver:app --port 8000
-Then:      curl -d '{"array": [[1, 2], [2, 3]]}' http://127.0.0.1:8000/   ->  8
+Then:      curl -H 'content-type: application/json' -d '{"array": [[1, 2], [2, 3]]}' \
+                http://127.0.0.1:8000/   ->  8
            http://127.0.0.1:8000/model/docs shows the NdArray request schema
 """
 
