@@ -47,10 +47,18 @@ class RunningApp:
         return not self.deploying and ready == wanted
 
     def progress(self) -> str:
+        """`name: 3/4 replicas ready`, and each deployment's count when there are several."""
         ready, wanted = self.replicas_ready()
         if self.deploying and not wanted:
             return f"{self.name}: waiting to deploy"
-        return f"{self.name}: {ready}/{wanted} replicas ready"
+        line = f"{self.name}: {ready}/{wanted} replicas ready"
+        schedulers = list(self.schedulers.values())
+        if len(schedulers) > 1:
+            each = ", ".join(
+                f"{s.name} {min(len(s.slots), s.target)}/{s.target}" for s in schedulers
+            )
+            line += f" ({each})"
+        return line
 
 
 applications: dict[str, RunningApp] = {}

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 import asgiserve
-from asgiserve import config_file
+from asgiserve import config_file, registry
 from asgiserve.cli import make_parser
 from tests.servers import SERVERS, free_port, serve
 
@@ -807,3 +807,21 @@ def test_a_file_path_target_says_which_form_and_app_dir_to_use(project: Path) ->
         command.wait_until_ready()
         assert httpx.get(f"{command.url}/").json()["tag"] == "model"
         assert command.stop() == 0
+
+
+def test_progress_counts_each_deployment_of_an_application() -> None:
+    @asgiserve.deployment(num_replicas=2)
+    class Inner:
+        pass
+
+    @asgiserve.deployment
+    class Outer:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+    try:
+        asgiserve.run(Outer.bind(Inner.bind()), name="pair", route_prefix=None, backend="inprocess")
+        (app,) = [app for app in registry.every_app() if app.name == "pair"]
+        assert app.progress() == "pair: 3/3 replicas ready (Inner 2/2, Outer 1/1)"
+    finally:
+        asgiserve.shutdown()
