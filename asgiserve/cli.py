@@ -32,7 +32,7 @@ USAGE_ERROR = 2  # as argparse exits on a bad flag
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(HTTPOptions)}
 # Flags that set an `HTTPOptions` field of the same name; unset ones leave the file's value.
 HTTP_FLAGS = ("host", "port", "keep_alive_timeout_s", "request_timeout_s", "body_timeout_s",
-              "root_path", "graceful_shutdown_timeout_s")  # fmt: skip
+              "root_path", "graceful_shutdown_timeout_s", "max_body_size", "uds")  # fmt: skip
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -58,6 +58,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--host", help=f"address to listen on (default: {DEFAULTS['host']})")
     run.add_argument("--port", type=int, help=f"port to listen on (default: {DEFAULTS['port']})")
+    run.add_argument(
+        "--uds", metavar="PATH", help="listen on this Unix domain socket instead (default: none)"
+    )
     run.add_argument(
         "--backend",
         choices=("inprocess", "subprocess", "ray"),
@@ -106,6 +109,15 @@ def make_parser() -> argparse.ArgumentParser:
         help=(
             "answer 408 to a request whose body stops arriving for this long "
             f"(default: {DEFAULT_BODY_TIMEOUT_S:g})"
+        ),
+    )
+    run.add_argument(
+        "--max-body-size",
+        type=int,
+        metavar="BYTES",
+        help=(
+            "answer 413 to a request body larger than this "
+            f"(default: {DEFAULTS['max_body_size']}, 100 MiB)"
         ),
     )
     run.add_argument(

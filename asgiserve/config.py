@@ -163,8 +163,9 @@ class HTTPOptions:
 
     `graceful_shutdown_timeout_s` is how long the server lets in-flight requests finish
     after SIGTERM or SIGINT; `body_timeout_s` how long a request body may stop arriving
-    before the request ends with 408; `status_routes` switches the router's `/-/healthz`,
-    `/-/routes` and `/-/status` on or off.
+    before the request ends with 408; `max_body_size` the largest request body, in bytes,
+    past which the answer is 413; `uds` a Unix socket path to listen on; `status_routes`
+    switches the router's `/-/healthz`, `/-/routes` and `/-/status` on or off.
     """
 
     host: str = "127.0.0.1"
@@ -175,6 +176,8 @@ class HTTPOptions:
     root_path: str = ""
     graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
     status_routes: bool = True
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    uds: str | None = None  # a Unix domain socket to listen on instead of host and port
 
     def __post_init__(self) -> None:
         # As Serve's variable: the environment wins over the config file and the flags.
@@ -199,6 +202,8 @@ class HTTPOptions:
                 "graceful_shutdown_timeout_s must be 0 or more, "
                 f"got {self.graceful_shutdown_timeout_s}"
             )
+        if self.max_body_size < 1:
+            raise ValueError(f"max_body_size must be at least 1 byte, got {self.max_body_size}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
         if self.root_path and not self.root_path.startswith("/"):

@@ -17,6 +17,7 @@ from asgiserve.config import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_TIMEOUT_S,
+    DEFAULT_MAX_BODY_SIZE,
     HTTPOptions,
 )
 
@@ -44,6 +45,8 @@ class HTTPOptionsSchema(Schema):
     root_path: str = ""
     graceful_shutdown_timeout_s: float = Field(default=DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S, ge=0)
     status_routes: bool = True
+    max_body_size: int = Field(default=DEFAULT_MAX_BODY_SIZE, ge=1)
+    uds: str | None = None
 
     @field_validator("root_path")
     @classmethod

@@ -256,6 +256,7 @@ class Host:
         # Before the target is imported: a `module:app` may deploy at import time.
         router.request_timeout_s = spec.http.request_timeout_s
         router.body_timeout_s = spec.http.body_timeout_s
+        router.max_body_size = spec.http.max_body_size
         router.status_routes = spec.http.status_routes
         if spec.backend is not None:
             router.backend = spec.backend
@@ -401,7 +402,11 @@ class Host:
         host = self.spec.http.host
         host = f"[{host}]" if ":" in host else host
         url = f"http://{host}:{self.spec.http.port}"
-        say(f"{self.label}Ready at {url}")
+        if self.spec.http.uds is not None:
+            say(f"{self.label}Ready at unix:{self.spec.http.uds}")
+            url = ""  # paths only: a client names the socket itself
+        else:
+            say(f"{self.label}Ready at {url}")
         if self.app is router:  # a user's app may mount it anywhere: it knows its URLs
             for route in reversed(router.routes):
                 say(f"{self.label}  {route.app.name} at {url}{route.prefix}")

@@ -43,7 +43,7 @@ def check_environment() -> None:
 
 def check_port(http: HTTPOptions) -> None:
     """Bind the address for a moment (as the server will, with SO_REUSEADDR)."""
-    if http.port == 0:
+    if http.port == 0 or http.uds is not None:
         return
     family = socket.AF_INET6 if ":" in http.host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:

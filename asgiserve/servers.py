@@ -48,6 +48,8 @@ def require(server: str) -> None:
 
 
 def bind_address(options: HTTPOptions) -> str:
+    if options.uds is not None:
+        return f"unix:{options.uds}"
     host = f"[{options.host}]" if ":" in options.host else options.host
     return f"{host}:{options.port}"
 
@@ -63,8 +65,9 @@ def uvicorn_config(app: Any, options: HTTPOptions, **extra: Any) -> Any:
         "timeout_graceful_shutdown": options.graceful_shutdown_timeout_s,
     }
     return uvicorn.Config(
-        app, host=options.host, port=options.port, root_path=options.root_path, **seconds, **extra
-    )
+        app, host=options.host, port=options.port, uds=options.uds, root_path=options.root_path,
+        **seconds, **extra,
+    )  # fmt: skip
 
 
 def hypercorn_config(options: HTTPOptions) -> Any:

@@ -825,3 +825,19 @@ def test_progress_counts_each_deployment_of_an_application() -> None:
         assert app.progress() == "pair: 3/3 replicas ready (Inner 2/2, Outer 1/1)"
     finally:
         asgiserve.shutdown()
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_unix_socket_and_a_body_size_limit(project: Path, server: str) -> None:
+    socket_path = str(project / "serve.sock")
+    flags = ("--uds", socket_path, "--max-body-size", "10", "--server", server)
+    with running(project, "service:app", *flags) as command:
+        command.wait_for_line(f"Ready at unix:{socket_path}")
+        transport = httpx.HTTPTransport(uds=socket_path)
+        with httpx.Client(transport=transport, base_url="http://local", timeout=30) as client:
+            assert client.get("/").json()["tag"] == "model"
+            assert client.post("/", content=b"x" * 10).status_code == 200
+            too_big = client.post("/", content=b"x" * 11)
+            assert too_big.status_code == 413
+            assert "10" in too_big.json()["detail"]
+        assert command.stop() == 0
