@@ -18,8 +18,13 @@ import itertools
 from types import TracebackType
 from typing import Any
 
-import httpx
-from starlette.testclient import TestClient as StarletteTestClient
+from asgiserve.extras import install_hint
+
+try:
+    import httpx
+    from starlette.testclient import TestClient as StarletteTestClient
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(f"asgiserve.testing needs httpx: {install_hint('testing')}") from exc
 
 from asgiserve.api import delete, run
 from asgiserve.backends import Backend
