@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from types import FrameType
 
 from asgiserve import __version__, config_file, preflight
-from asgiserve.config import BACKEND_ENV, DEFAULT_BODY_TIMEOUT_S, KEEP_ALIVE_ENV, HTTPOptions
+from asgiserve.config import (
+    BACKEND_ENV,
+    DEFAULT_BODY_TIMEOUT_S,
+    KEEP_ALIVE_ENV,
+    LOG_LEVELS,
+    HTTPOptions,
+)
 from asgiserve.host import (
     DEPLOY_FAILED,
     DeployFailed,
@@ -32,7 +38,8 @@ USAGE_ERROR = 2  # as argparse exits on a bad flag
 DEFAULTS = {field.name: field.default for field in dataclasses.fields(HTTPOptions)}
 # Flags that set an `HTTPOptions` field of the same name; unset ones leave the file's value.
 HTTP_FLAGS = ("host", "port", "keep_alive_timeout_s", "request_timeout_s", "body_timeout_s",
-              "root_path", "graceful_shutdown_timeout_s", "max_body_size", "uds")  # fmt: skip
+              "root_path", "graceful_shutdown_timeout_s", "max_body_size", "uds",
+              "log_level", "access_log")  # fmt: skip
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -110,6 +117,17 @@ def make_parser() -> argparse.ArgumentParser:
             "answer 408 to a request whose body stops arriving for this long "
             f"(default: {DEFAULT_BODY_TIMEOUT_S:g})"
         ),
+    )
+    run.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help=f"the HTTP server's log level (default: {DEFAULTS['log_level']})",
+    )
+    run.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the HTTP server's line per request, on stdout (default: on)",
     )
     run.add_argument(
         "--max-body-size",

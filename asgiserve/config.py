@@ -24,6 +24,7 @@ DEFAULT_KEEP_ALIVE_TIMEOUT_S = 5.0
 DEFAULT_MAX_BODY_SIZE = 100 * 1024 * 1024  # bytes; larger request bodies get 413
 DEFAULT_BODY_TIMEOUT_S = 30.0  # a body that stops arriving for this long gets 408
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 BACKEND_ENV = "ASGISERVE_BACKEND"
 KEEP_ALIVE_ENV = "ASGISERVE_HTTP_KEEP_ALIVE_TIMEOUT_S"
 
@@ -178,6 +179,8 @@ class HTTPOptions:
     status_routes: bool = True
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     uds: str | None = None  # a Unix domain socket to listen on instead of host and port
+    log_level: str = "info"  # the HTTP server's own
+    access_log: bool = True
 
     def __post_init__(self) -> None:
         # As Serve's variable: the environment wins over the config file and the flags.
@@ -202,6 +205,8 @@ class HTTPOptions:
                 "graceful_shutdown_timeout_s must be 0 or more, "
                 f"got {self.graceful_shutdown_timeout_s}"
             )
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if self.max_body_size < 1:
             raise ValueError(f"max_body_size must be at least 1 byte, got {self.max_body_size}")
         if not 0 <= self.port <= 65535:

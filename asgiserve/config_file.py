@@ -47,6 +47,8 @@ class HTTPOptionsSchema(Schema):
     status_routes: bool = True
     max_body_size: int = Field(default=DEFAULT_MAX_BODY_SIZE, ge=1)
     uds: str | None = None
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = True
 
     @field_validator("root_path")
     @classmethod

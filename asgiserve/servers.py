@@ -66,7 +66,7 @@ def uvicorn_config(app: Any, options: HTTPOptions, **extra: Any) -> Any:
     }
     return uvicorn.Config(
         app, host=options.host, port=options.port, uds=options.uds, root_path=options.root_path,
-        **seconds, **extra,
+        log_level=options.log_level, access_log=options.access_log, **seconds, **extra,
     )  # fmt: skip
 
 
@@ -81,6 +81,9 @@ def hypercorn_config(options: HTTPOptions) -> Any:
     config.graceful_timeout = options.graceful_shutdown_timeout_s
     config.shutdown_timeout = options.graceful_shutdown_timeout_s + LIFESPAN_SHUTDOWN_MARGIN_S
     config.root_path = options.root_path
+    config.loglevel = options.log_level.upper()
+    config.accesslog = "-" if options.access_log else None  # stdout, as uvicorn's
+    config.access_log_format = '%(h)s - "%(m)s %(Uq)s HTTP/%(H)s" %(s)s'  # uvicorn's line
     return config
 
 

@@ -27,7 +27,7 @@ import pytest
 import asgiserve
 from asgiserve import config_file, registry
 from asgiserve.cli import make_parser
-from tests.servers import SERVERS, free_port, serve
+from tests.servers import SERVERS, free_port, serve, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -841,3 +841,33 @@ def test_a_unix_socket_and_a_body_size_limit(project: Path, server: str) -> None
             assert too_big.status_code == 413
             assert "10" in too_big.json()["detail"]
         assert command.stop() == 0
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize(
+    ("flags", "access", "info"),
+    [
+        ((), True, True),
+        (("--no-access-log",), False, True),
+        (("--log-level", "warning"), False, False),  # access lines are INFO
+    ],
+)
+def test_log_level_and_access_log_reach_the_server(
+    project: Path, server: str, flags: tuple[str, ...], access: bool, info: bool, tmp_path: Path
+) -> None:
+    port = free_port()
+    argv = command_line("service:app", "--port", str(port), "--server", server, *flags)
+    with (tmp_path / "out").open("w+") as out, (tmp_path / "err").open("w+") as err:
+        process = subprocess.Popen(argv, cwd=project, stdout=out, stderr=err)
+        try:
+            wait_for_port(port, process, timeout=60)
+            assert httpx.get(f"http://127.0.0.1:{port}/", timeout=30).status_code == 200
+            time.sleep(0.2)  # the access line is written after the response
+        finally:
+            process.terminate()
+            process.wait(30)
+        out.seek(0)
+        err.seek(0)
+        lines, errors = out.read(), err.read()
+    assert ('"GET / HTTP/1.1" 200' in lines) is access, lines
+    assert any(line in errors for line in ("Started server process", "Running on")) is info
