@@ -332,5 +332,6 @@ def test_missing_optional_package_names_the_extra(monkeypatch: pytest.MonkeyPatc
     from asgiserve.adapters.body import require
 
     monkeypatch.setitem(sys.modules, "pandas", None)  # makes `import pandas` fail
-    with pytest.raises(ImportError, match=r'pip install "asgiserve\[pandas\]"'):
+    both = r"pip install 'asgiserve\[pandas\]' \(or, in a checkout: pip install -e '.\[pandas\]'\)"
+    with pytest.raises(ImportError, match=both):
         require("pandas", "pandas")
