@@ -100,25 +100,24 @@ class Scheduler:
         self.autoscaler: Autoscaler | None = None
         self.shared = False  # its replica count is decided with other servers (Ray)
         self.scaling: asyncio.Lock | None = None  # on the serving loop, once started
-        self.code: Any = None  # what tells a change of code (see `updates.same_code`)
+        self.code: Any = None  # what tells a change of code (see `graph.code_of`)
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    def next_replica_id(self) -> str:
-        self.replica_counter += 1
-        return f"{self.app_name}#{self.config.name}#{self.replica_counter}"
-
-    def new_spec(self) -> ReplicaSpec:
-        """A spec for one more replica, with the options as they are now (live updates)."""
-        return dataclasses.replace(self.make_spec(self.next_replica_id()), config=self.config)
+    def spec(self, replica_id: str = "") -> ReplicaSpec:
+        """A replica's spec with the options as they are now (live updates change them)."""
+        return dataclasses.replace(self.make_spec(replica_id), config=self.config)
 
     def spec_for(self, index: int) -> ReplicaSpec:
         """A spec for replica number `index` (scaling up reuses the lowest free numbers)."""
         self.replica_counter = max(self.replica_counter, index)
-        replica_id = f"{self.app_name}#{self.config.name}#{index}"
-        return dataclasses.replace(self.make_spec(replica_id), config=self.config)
+        return self.spec(f"{self.app_name}#{self.config.name}#{index}")
+
+    def new_spec(self) -> ReplicaSpec:
+        """A spec for a replica numbered past every one so far (a replacement's)."""
+        return self.spec_for(self.replica_counter + 1)
 
     def start_replicas(self, at_once: int | None = None) -> None:
         """Build every replica now, so a failing constructor fails `run()` (blocking);
@@ -192,8 +191,7 @@ class Scheduler:
         self.autoscaler = None
         scaling = self.config.autoscaling_config
         if scaling is not None and self.health is not None:
-            spec = dataclasses.replace(self.make_spec(""), config=self.config)
-            shared = self.backend.shared_decider(spec)
+            shared = self.backend.shared_decider(self.spec())
             self.shared = shared is not None
             self.autoscaler = Autoscaler(self, shared or LocalDecider(scaling))
             self.autoscaler.task = self.health[0].create_task(self.autoscaler.run())
