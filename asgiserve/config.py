@@ -145,15 +145,9 @@ LIVE_OPTIONS = (
     "health_check_timeout_s",
     "graceful_shutdown_timeout_s",
 )
+# Their defaults, from the dataclass itself (`num_replicas=None` is read as 1).
 LIVE_DEFAULTS: dict[str, Any] = {
-    "num_replicas": 1,
-    "autoscaling_config": None,
-    "user_config": None,
-    "max_ongoing_requests": DEFAULT_MAX_ONGOING_REQUESTS,
-    "max_queued_requests": DEFAULT_MAX_QUEUED_REQUESTS,
-    "health_check_period_s": DEFAULT_HEALTH_CHECK_PERIOD_S,
-    "health_check_timeout_s": DEFAULT_HEALTH_CHECK_TIMEOUT_S,
-    "graceful_shutdown_timeout_s": DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
+    field.name: field.default for field in fields(DeploymentConfig) if field.name in LIVE_OPTIONS
 }
 
 
