@@ -33,30 +33,22 @@ def update_app(
     app: registry.RunningApp, target: Application, prefix: str | None, backend: str | Backend
 ) -> None:
     """Update `app` (running on its router) to `target`, as described above; blocking."""
-    # Not among `registry.deploying`: the old version serves meanwhile, so `/-/healthz`
-    # stays 200 and the progress lines show it.
-    building = registry.RunningApp(app.name, prefix, app.router, "", deploying=True)
-    ingress = deploy_graph(target, app.name, backend, building.schedulers, app.schedulers)
-    fresh = [
-        scheduler
-        for name, scheduler in building.schedulers.items()
-        if app.schedulers.get(name) is not scheduler
-    ]
+    # Not in a placeholder among `registry.deploying`: the old version serves meanwhile,
+    # so `/-/healthz` stays 200 and the progress lines show it.
+    new: dict[str, Scheduler] = {}
+    ingress = deploy_graph(target, app.name, backend, new, app.schedulers)
+    fresh = [s for name, s in new.items() if app.schedulers.get(name) is not s]
     try:
         start_on_serving_loop(fresh, app)
     except BaseException:
         for scheduler in fresh:
             close_soon(scheduler.close())
         raise
-    replaced = [
-        scheduler
-        for name, scheduler in app.schedulers.items()
-        if building.schedulers.get(name) is not scheduler
-    ]
+    replaced = [s for name, s in app.schedulers.items() if new.get(name) is not s]
     # Both sets first, so a request reading `schedulers[ingress]` meanwhile finds one.
-    app.schedulers = {**app.schedulers, **building.schedulers}
+    app.schedulers = {**app.schedulers, **new}
     app.ingress = ingress
-    app.schedulers = building.schedulers
+    app.schedulers = new
     if prefix != app.route_prefix:
         app.router.remove_routes(app.name)
         app.route_prefix = prefix
