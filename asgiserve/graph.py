@@ -135,8 +135,9 @@ def deploy_graph(
             config = app.deployment.config.with_options(name=name)
             chosen = resolve_backend(config.backend or backend)
             make = spec_maker(app, names, app_name, names[id(root)], versions)
-            versions[id(app)] = chosen.version(make(""))
-            code = code_of(make(""), chosen)
+            spec = make("")
+            versions[id(app)] = chosen.version(spec)
+            code = code_of(spec, chosen)
             old = (running or {}).get(name)
             if old is not None and not old.closed and old.code == code:
                 schedulers[name] = old
