@@ -70,7 +70,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--backend",
-        choices=("inprocess", "subprocess", "ray"),
+        choices=preflight.BACKENDS,
         help=(
             "where replicas run, for deployments that choose none "
             f"(default: ${BACKEND_ENV}, else inprocess)"
