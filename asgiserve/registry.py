@@ -33,13 +33,17 @@ class RunningApp:
     schedulers: dict[str, Scheduler] = field(default_factory=dict)
     deploying: bool = False  # `run()` is still building its replicas
 
+    def each_ready(self) -> dict[str, tuple[int, int]]:
+        """Replicas built and alive, and replicas wanted, by deployment."""
+        return {
+            name: (min(len(scheduler.slots), scheduler.target), scheduler.target)
+            for name, scheduler in list(self.schedulers.items())
+        }
+
     def replicas_ready(self) -> tuple[int, int]:
         """Replicas built and alive, and replicas wanted, over every deployment."""
-        ready = wanted = 0
-        for scheduler in list(self.schedulers.values()):
-            wanted += scheduler.target
-            ready += min(len(scheduler.slots), scheduler.target)
-        return ready, wanted
+        counts = self.each_ready().values()
+        return sum(ready for ready, _ in counts), sum(wanted for _, wanted in counts)
 
     @property
     def ready(self) -> bool:
@@ -52,12 +56,9 @@ class RunningApp:
         if self.deploying and not wanted:
             return f"{self.name}: waiting to deploy"
         line = f"{self.name}: {ready}/{wanted} replicas ready"
-        schedulers = list(self.schedulers.values())
-        if len(schedulers) > 1:
-            each = ", ".join(
-                f"{s.name} {min(len(s.slots), s.target)}/{s.target}" for s in schedulers
-            )
-            line += f" ({each})"
+        each = self.each_ready()
+        if len(each) > 1:
+            line += " (" + ", ".join(f"{name} {r}/{w}" for name, (r, w) in each.items()) + ")"
         return line
 
 
