@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from asgiserve import context, replica
+from asgiserve import context, metrics, replica
 from asgiserve.multiplex import current_model_id
 
 END = object()  # a streaming caller's last message
@@ -203,6 +203,7 @@ class Batcher:
         self.running += 1
         self.in_batches += len(batch)
         self.sizes.append(len(batch))
+        metrics.record(metrics.BATCH_SIZE, len(batch), self.name)
         return batch
 
     def take_batch(self) -> tuple[list[Item], bool, bool]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import Message
 
-from asgiserve import registry
+from asgiserve import metrics, registry
 from asgiserve.backends.base import Call
 from asgiserve.context import new_request_id
 from asgiserve.loops import background_loop, running_loop
@@ -127,6 +127,9 @@ class DeploymentHandle:
 
     def new_call(self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Call:
         call = Call(new_request_id(), kind, self.method_name, args, kwargs)  # type: ignore[arg-type]
+        metrics.record(
+            metrics.HANDLE_REQUESTS, 1, self.app_name, self.deployment_name, self.method_name
+        )
         if self.multiplexed_model_id:
             call.model_id = self.multiplexed_model_id
         return call

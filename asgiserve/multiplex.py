@@ -15,10 +15,13 @@ import asyncio
 import functools
 import inspect
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
+
+from asgiserve import metrics
 
 logger = logging.getLogger("asgiserve")
 
@@ -63,15 +66,19 @@ class ModelCache:
         return await asyncio.shield(pending)  # a caller that leaves leaves the load to others
 
     async def load(self, model_id: str) -> Any:
+        started = time.perf_counter()
         try:
             model = await self.loader(self.owner, model_id)
         finally:
             del self.loading[model_id]
         self.loads += 1
+        metrics.record(metrics.MODEL_LOAD_LATENCY, (time.perf_counter() - started) * 1000)
+        metrics.record(metrics.MODEL_LOADS, 1)
         self.models[model_id] = model
         while len(self.models) > self.limit:
             _, evicted = self.models.popitem(last=False)
             await unload(evicted)
+        metrics.record(metrics.MODELS_LOADED, len(self.models))
         return model
 
 

@@ -22,7 +22,7 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from asgiserve import batching, context, heap
+from asgiserve import batching, context, heap, metrics
 from asgiserve.backends.base import ITEM, RESULT, Call, Replica, ReplicaSpec
 from asgiserve.ingress import build_app, ingress_app
 from asgiserve.loops import on_loop
@@ -210,6 +210,12 @@ class ReplicaRuntime(Replica):
         self.spec = spec
         self.replica_id = spec.replica_id
         self.ongoing = 0  # calls running now
+        self.recorder = metrics.Recorder()  # what `GET /-/metrics` gets from this replica
+        self.measured = metrics.enabled()
+        labels = (spec.app_name, spec.deployment_name, spec.replica_id)
+        self.latency = self.recorder.get(metrics.PROCESSING_LATENCY, labels)
+        self.finished = self.recorder.get(metrics.REPLICA_REQUESTS, labels)
+        self.errors = self.recorder.get(metrics.REPLICA_ERRORS, labels)
         target = spec.target
         if inspect.isclass(target):
             self.instance: Any = target(*spec.init_args, **spec.init_kwargs)
@@ -251,6 +257,7 @@ class ReplicaRuntime(Replica):
         token = context.current.set((call.request_id, call.route, self))
         model = current_model_id.set(call.model_id) if call.model_id else None
         self.ongoing += 1
+        started = time.perf_counter()
         try:
             if call.kind == "asgi":
                 assert call.scope is not None
@@ -260,8 +267,15 @@ class ReplicaRuntime(Replica):
                 await self.app(scope, receive, send)
             else:
                 await self.call(call, send)
+        except Exception:
+            if self.measured:
+                self.errors.value += 1
+            raise
         finally:
             self.ongoing -= 1
+            if self.measured:
+                self.latency.observe((time.perf_counter() - started) * 1000)
+                self.finished.value += 1
             try:
                 if model is not None:
                     current_model_id.reset(model)
@@ -312,6 +326,9 @@ class ReplicaRuntime(Replica):
         if check is not None and inspect.isclass(self.spec.target):
             await invoke(check)
         return batching.report(self.instance)
+
+    async def metric_samples(self) -> metrics.Snapshot:
+        return self.recorder.snapshot()
 
     async def stop(self, timeout_s: float = 0) -> None:
         """Let in-flight calls finish within `timeout_s`, then run the app's shutdown.

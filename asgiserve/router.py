@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.convertors import Convertor
+from starlette.datastructures import Headers
 from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Match, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from asgiserve import heap, registry
+from asgiserve import heap, metrics, registry
 from asgiserve.backends import Backend
 from asgiserve.backends.base import Call
 from asgiserve.config import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_SIZE
@@ -44,7 +45,7 @@ access_log = logger
 # Keys that belong to the outer app; the ingress app is a top-level app of its own.
 OUTER_KEYS = ("app", "router", "endpoint", "route", "app_root_path", "path_params")
 # Answered by the router itself, before any prefix; `Router(status_routes=False)` stops that.
-STATUS_PATHS = ("/-/healthz", "/-/routes", "/-/status")
+STATUS_PATHS = ("/-/healthz", "/-/routes", "/-/status", "/-/metrics")
 NO_PARAMS: dict[str, Any] = {}  # read only
 # A client's `x-request-id` is only a label, kept when it is visible ASCII of at most 200
 # characters; inside replicas a call is known by ids the server makes.
@@ -204,11 +205,13 @@ class Router:
         self.max_body_size = max_body_size
         self.body_timeout_s = body_timeout_s
         self.debug = debug
-        self.status_routes = status_routes  # `/-/healthz`, `/-/routes` and `/-/status`
+        self.status_routes = status_routes  # `/-/healthz`, `/-/routes`, `/-/status`, `/-/metrics`
+        self.meter = metrics.HTTPMeter() if metrics.enabled() else None
         # Re-raise an application's error after its 500 goes out, as Starlette's
         # ServerErrorMiddleware does, so a test client sees it (`asgiserve.testing`).
         self.raise_server_exceptions = False
         self.routes: list[PrefixRoute] = []
+        self.writer: asyncio.Task[None] | None = None  # `--workers N`: samples for the others
         app: ASGIApp = self.dispatch
         for cls, args, kwargs in reversed(middleware or []):
             app = cls(app, *args, **kwargs)
@@ -255,7 +258,8 @@ class Router:
         route_path = path[len(root_path) :] if root_path and path.startswith(root_path) else path
         exchange = Exchange(scope, receive, send, self.max_body_size, self.body_timeout_s)
         if self.status_routes and route_path in STATUS_PATHS and scope["type"] == "http":
-            await self.status_response(route_path, scope)(scope, receive, exchange.send)
+            answer = await self.status_response(route_path, scope)
+            await answer(scope, receive, exchange.send)
             return
         try:
             for route in self.routes:
@@ -297,21 +301,34 @@ class Router:
         call = Call(exchange.request_id, "asgi", "__call__", (), {}, child, route.prefix)
         if exchange.model_id:
             call.model_id = exchange.model_id
-        if not access_log.isEnabledFor(logging.INFO):
+        meter = self.meter
+        logged = access_log.isEnabledFor(logging.INFO)
+        if meter is None and not logged:
             await self.serve(app, call, scope, receive, exchange)
-        else:
-            started = time.perf_counter()
+            return
+        started = time.perf_counter()
+        method = scope.get("method", "WEBSOCKET")
+        if meter is not None:
+            ongoing = meter.ongoing_for(app.name)
+            ongoing.value += 1
+        try:
             await self.serve(app, call, scope, receive, exchange)
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            if meter is not None:
+                ongoing.value -= 1
+                meter.answer(app.name, route.prefix, method, exchange.status, elapsed_ms)
+        if logged:
             access_log.info(
                 "%s %s %s %s %s %s %s %.1fms",
                 app.name,
                 app.ingress,
                 call.replica_id or "-",
                 exchange.request_id,
-                scope.get("method", "WEBSOCKET"),
+                method,
                 route.prefix,
                 exchange.status or "-",
-                (time.perf_counter() - started) * 1000,
+                elapsed_ms,
             )
 
     async def serve(
@@ -426,12 +443,18 @@ class Router:
         await route.handle(scope, receive, send)
         return True
 
-    def status_response(self, path: str, scope: Scope) -> Response:
+    async def status_response(self, path: str, scope: Scope) -> Response:
         """`/-/healthz`: 200 once every application has all its replicas, else 503 saying
         which have how many; `/-/routes`: route prefix -> application, as Serve answers;
-        `/-/status`: `asgiserve.status()`."""
+        `/-/status`: `asgiserve.status()`; `/-/metrics`: Prometheus' page."""
         if scope["method"] not in ("GET", "HEAD"):
             return PlainTextResponse("Method Not Allowed", 405, {"allow": "GET, HEAD"})
+        if path == "/-/metrics":
+            from asgiserve import metrics_page  # prometheus_client is imported on first scrape
+
+            accept = Headers(scope=scope).get("accept", "")
+            body, content_type = await metrics_page.render(self.applications(), accept)
+            return Response(body, headers={"content-type": content_type})
         if path == "/-/routes":
             return JSONResponse({route.prefix: route.app.name for route in reversed(self.routes)})
         if path == "/-/status":
@@ -471,10 +494,16 @@ class Router:
         for app in self.applications():
             for scheduler in app.schedulers.values():
                 await scheduler.ensure_started()
+        if self.writer is None or self.writer.done():
+            from asgiserve import metrics_page
+
+            self.writer = metrics_page.start_writing(self.applications)
         heap.settle()
 
     async def stop(self) -> None:
         """Stop the replicas of every application on this router; next use starts them."""
+        if self.writer is not None:
+            self.writer.cancel()
         for app in self.applications():
             for scheduler in app.schedulers.values():
                 await scheduler.stop()

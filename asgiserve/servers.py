@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import tempfile
 from typing import Any
 
+from asgiserve import metrics_page
 from asgiserve.config import HTTPOptions
 from asgiserve.extras import install_hint
 from asgiserve.host import DEPLOY_FAILED, SPEC_ENV, Host, RunSpec
@@ -31,6 +33,13 @@ def serve(spec: RunSpec) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
     if spec.workers > 1:
         os.environ[SPEC_ENV] = spec.to_json()  # spawned workers inherit the environment
+        with tempfile.TemporaryDirectory(prefix="asgiserve-metrics-") as folder:
+            os.environ.setdefault(metrics_page.DIR_ENV, folder)  # each writes its samples
+            return serve_with(spec)
+    return serve_with(spec)
+
+
+def serve_with(spec: RunSpec) -> int:
     if spec.server == "uvicorn":
         return run_uvicorn(spec)
     if spec.server == "hypercorn":

@@ -71,6 +71,9 @@ class Worker:
     async def check_health(self) -> Any:
         return await self.runtime.check_health()
 
+    async def metric_samples(self) -> Any:
+        return await self.runtime.metric_samples()
+
     async def stop(self, timeout_s: float) -> None:
         """Let in-flight calls finish within `timeout_s`, cancel the rest, shut the app down."""
         await drain(self.calls, timeout_s)

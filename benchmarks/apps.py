@@ -7,6 +7,7 @@ Every app answers `GET /` with `{"hello": "world"}`.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import FastAPI
@@ -65,6 +66,12 @@ def asgiserve_inprocess() -> Starlette:
 
     deploy_noop()
     return Starlette(routes=[Mount("/", asgiserve.router)])
+
+
+def asgiserve_inprocess_no_metrics() -> Starlette:
+    """As `asgiserve_inprocess` with metrics off (`ASGISERVE_METRICS=0`): what they cost."""
+    os.environ["ASGISERVE_METRICS"] = "0"  # read when the router and replicas are made
+    return asgiserve_inprocess()
 
 
 def asgiserve_inprocess_wide() -> Starlette:
@@ -136,6 +143,7 @@ FACTORIES = {
     "starlette-mounted": "starlette_mounted",
     "fastapi": "bare_fastapi",
     "asgiserve": "asgiserve_inprocess",
+    "asgiserve-no-metrics": "asgiserve_inprocess_no_metrics",
     "asgiserve-wide": "asgiserve_inprocess_wide",
     "asgiserve-router": "asgiserve_router",
     "fastapi-asgiserve": "fastapi_asgiserve_inprocess",

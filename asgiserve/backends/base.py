@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 if TYPE_CHECKING:
     from asgiserve.autoscaling import Decider
     from asgiserve.config import DeploymentConfig
+    from asgiserve.metrics import Snapshot
 
 STOP_GRACE_S = 1.0  # how long past its graceful timeout a replica may take to stop
 RESULT = "asgiserve.result"
@@ -64,6 +65,8 @@ class Replica(ABC):
     """A running replica as the scheduler sees it."""
 
     replica_id: str
+    # Made by another server, which also uses it (Ray): its samples are on that one's page.
+    shared = False
 
     @abstractmethod
     async def start(self) -> None:
@@ -77,6 +80,10 @@ class Replica(ABC):
     async def check_health(self) -> Any:
         """Raise if the replica is unhealthy (the user's `check_health`, or a dead process);
         else return the replica's report for `status()` (its batch queues), or None."""
+
+    @abstractmethod
+    async def metric_samples(self) -> Snapshot:
+        """What the replica's recorder holds (`asgiserve.metrics`), for `GET /-/metrics`."""
 
     @abstractmethod
     async def stop(self, timeout_s: float) -> None:

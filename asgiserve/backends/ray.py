@@ -167,6 +167,7 @@ class RayReplica(Replica):
         self.name = name  # the actor's: the replica id, then a fingerprint of its code
         self.replica_id = name.partition("@")[0]
         self.maker = maker
+        self.shared = maker is None
         self.dead = False
 
     def died(self, exc: BaseException) -> ReplicaDiedError:
@@ -250,6 +251,11 @@ class RayReplica(Replica):
             return await self.actor.check_health.remote()
         except RayActorError as exc:
             raise self.died(exc) from None
+
+    async def metric_samples(self) -> Any:
+        if self.dead:
+            raise self.was_dead()
+        return await self.actor.metric_samples.remote()
 
     async def stop(self, timeout_s: float) -> None:
         """Drain and kill the actor if this process made it; others' actors are theirs."""

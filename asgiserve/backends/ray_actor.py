@@ -180,6 +180,9 @@ class ReplicaActor:
     async def check_health(self) -> Any:
         return await self.runtime.check_health()
 
+    async def metric_samples(self) -> Any:
+        return await self.runtime.metric_samples()
+
     async def stop(self, timeout_s: float) -> None:
         await drain({exchange.task for exchange in self.exchanges.values()}, timeout_s)
         await self.runtime.stop(timeout_s)

@@ -141,6 +141,9 @@ class SubprocessReplica(Replica):
             raise ReplicaDiedError(f"{self.name} exited with code {code}")
         return await self.control("check_health")
 
+    async def metric_samples(self) -> Any:
+        return await self.control("metric_samples")
+
     async def stop(self, timeout_s: float) -> None:
         """Drain in-flight calls for up to `timeout_s`, then the worker exits (or is killed).
 
