@@ -13,77 +13,25 @@ The convention, for whoever writes docs:
   `<!-- serve server=hypercorn -->` (uvicorn by default), `<!-- serve root_path=/proxy -->`
   (the server's `--root-path`). A page should define `BASE_URL = "http://127.0.0.1:8000"`
   in an ordinary block first, so a reader's copy of the code runs too; the test overrides it.
+- `<!-- main.py -->` before a block says it belongs to the page's `main.py`, which its
+  shell commands serve (tests/test_commands.py); the block runs here all the same.
 - After the page, `asgiserve.shutdown()` runs (the `backend` fixture), whatever the page did.
 """
 
 from __future__ import annotations
 
-import re
-import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.markdown import parse
 from tests.servers import serve
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = sorted(path.name for path in DOCS.glob("*.md"))
-
-FENCE = re.compile(r"^(?P<fence>```+|~~~+)(?P<info>.*)$")
-SERVE = re.compile(r"^<!--\s*serve(?P<options>(\s+\S+=\S+)*)\s*-->$")
-
-
-@dataclass
-class Block:
-    line: int  # 1-based line of the first code line
-    code: str
-    serve: dict[str, str] | None = None  # options when marked `<!-- serve -->`
-    info: str = "python"
-
-
-@dataclass
-class Page:
-    blocks: list[Block] = field(default_factory=list)
-    skipped: list[Block] = field(default_factory=list)  # fenced blocks that are not `python`
-
-
-def parse(text: str) -> Page:
-    page = Page()
-    lines = text.splitlines()
-    previous = ""  # the last non-blank line outside a code block
-    i = 0
-    while i < len(lines):
-        opening = FENCE.match(lines[i])
-        if opening is None:
-            if lines[i].strip():
-                previous = lines[i].strip()
-            i += 1
-            continue
-        fence, info = opening["fence"], opening["info"].strip()
-        start = i + 1
-        i += 1
-        while i < len(lines) and not lines[i].startswith(fence):
-            i += 1
-        if i == len(lines):
-            raise ValueError(f"unclosed code block opened on line {start}")
-        marker = SERVE.match(previous)
-        options = None
-        if marker is not None:
-            options = dict(item.split("=", 1) for item in shlex.split(marker["options"]))
-        block = Block(start + 1, "\n".join(lines[start:i]) + "\n", options, info)
-        if info == "python":
-            page.blocks.append(block)
-        else:
-            if options is not None:
-                raise ValueError(f"line {start}: <!-- serve --> before a ```{info} block")
-            page.skipped.append(block)
-        previous = ""
-        i += 1
-    return page
 
 
 @contextmanager
