@@ -15,7 +15,7 @@ from typing import Any
 
 from starlette.types import Message
 
-from asgiserve import metrics, registry
+from asgiserve import metrics, registry, tracing
 from asgiserve.backends.base import Call
 from asgiserve.context import new_request_id
 from asgiserve.loops import background_loop, running_loop
@@ -132,6 +132,7 @@ class DeploymentHandle:
         )
         if self.multiplexed_model_id:
             call.model_id = self.multiplexed_model_id
+        call.trace = tracing.current()  # a span opened in the caller is the callee's parent
         return call
 
     async def call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -22,7 +22,7 @@ from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from asgiserve import batching, context, heap, metrics
+from asgiserve import batching, context, heap, metrics, tracing
 from asgiserve.backends.base import ITEM, RESULT, Call, Replica, ReplicaSpec
 from asgiserve.ingress import build_app, ingress_app
 from asgiserve.loops import on_loop
@@ -258,6 +258,7 @@ class ReplicaRuntime(Replica):
         model = current_model_id.set(call.model_id) if call.model_id else None
         self.ongoing += 1
         started = time.perf_counter()
+        trace = tracing.enter(call.trace) if call.trace else None
         try:
             if call.kind == "asgi":
                 assert call.scope is not None
@@ -277,6 +278,7 @@ class ReplicaRuntime(Replica):
                 self.latency.observe((time.perf_counter() - started) * 1000)
                 self.finished.value += 1
             try:
+                tracing.leave(trace)
                 if model is not None:
                     current_model_id.reset(model)
                 context.current.reset(token)

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Match, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from asgiserve import heap, metrics, registry
+from asgiserve import heap, metrics, registry, tracing
 from asgiserve.backends import Backend
 from asgiserve.backends.base import Call
 from asgiserve.config import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_SIZE
@@ -36,6 +36,7 @@ from asgiserve.exceptions import (
 )
 from asgiserve.multiplex import HEADERS as MODEL_HEADERS
 from asgiserve.responses import error_response
+from asgiserve.tracing import TRACEPARENT
 from asgiserve.watch import BodyTimeout, BodyTooLarge, RequestWatch, watchlist
 
 logger = logging.getLogger("asgiserve")
@@ -126,6 +127,7 @@ class Exchange(RequestWatch):
     disconnect watch (one object per request: each costs as much as a dozen lines)."""
 
     model_id = ""  # the multiplexed model the request names, if any
+    traceparent = ""  # the W3C trace context the request came with, if well formed
 
     def __init__(
         self,
@@ -149,6 +151,8 @@ class Exchange(RequestWatch):
                 self.expects_body = True  # chunked
             elif key in MODEL_HEADERS:
                 self.model_id = value.decode("latin-1")
+            elif key == b"traceparent" and TRACEPARENT.fullmatch(value):
+                self.traceparent = value.decode("ascii")
         if not self.request_id:
             self.request_id = new_request_id()
         self.header = (b"x-request-id", self.request_id.encode("latin-1"))
@@ -301,18 +305,23 @@ class Router:
         call = Call(exchange.request_id, "asgi", "__call__", (), {}, child, route.prefix)
         if exchange.model_id:
             call.model_id = exchange.model_id
+        if exchange.traceparent:
+            call.trace = exchange.traceparent
+        method = scope.get("method", "WEBSOCKET")
+        work = self.serve(app, call, scope, receive, exchange)
+        if tracing.recording():
+            work = self.traced(work, call, f"{method} {route.prefix}", exchange)
         meter = self.meter
         logged = access_log.isEnabledFor(logging.INFO)
         if meter is None and not logged:
-            await self.serve(app, call, scope, receive, exchange)
+            await work
             return
         started = time.perf_counter()
-        method = scope.get("method", "WEBSOCKET")
         if meter is not None:
             ongoing = meter.ongoing_for(app.name)
             ongoing.value += 1
         try:
-            await self.serve(app, call, scope, receive, exchange)
+            await work
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
             if meter is not None:
@@ -393,6 +402,16 @@ class Router:
                     raise  # into the test, after the 500 went out (`asgiserve.testing`)
         finally:
             exchange.close()
+
+    async def traced(
+        self, work: Coroutine[Any, Any, None], call: Call, name: str, exchange: Exchange
+    ) -> None:
+        """Run `work` in the request's server span; the call carries that span on."""
+        attributes = {"asgiserve.request_id": call.request_id}
+        with tracing.server_span(name, call.trace, attributes) as span:
+            call.trace = tracing.current()
+            await work
+            span.set_attribute("http.response.status_code", exchange.status)
 
     async def within_deadline(self, work: Coroutine[Any, Any, None]) -> None:
         """Await `work` until `request_timeout_s`; then cancel it and answer at once.

@@ -45,6 +45,7 @@ class Call:
     route: str = ""
     replica_id: str = ""  # filled in by the scheduler, for the access log
     model_id: str = ""  # the multiplexed model it asks for
+    trace: str = ""  # the W3C traceparent of the span it belongs to (`asgiserve.tracing`)
 
 
 @dataclass

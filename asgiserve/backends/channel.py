@@ -211,7 +211,7 @@ class Channel(asyncio.BufferedProtocol):
             # A body already read cannot be read again for another replica: no retry then.
             raise ReplicaDiedError(f"{self.name} is gone: {self.closed}", sent=first is not None)
         fields = (call.request_id, call.kind, call.method, call.args, call.kwargs, call.scope,
-                  call.route, call.replica_id, call.model_id)  # fmt: skip
+                  call.route, call.replica_id, call.model_id, call.trace)  # fmt: skip
         self.write_from(loop, (stream_id, CALL, (target, fields, first)))
         ended = False
         try:
