@@ -9,14 +9,17 @@ timeout the `ASGISERVE_HTTP_KEEP_ALIVE_TIMEOUT_S` environment variable.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 
-from asgiserve import __version__, config_file, preflight
+from asgiserve import __version__, config_file, preflight, reload
+from asgiserve.backends import stop_starting
 from asgiserve.config import (
     BACKEND_ENV,
     DEFAULT_BODY_TIMEOUT_S,
@@ -39,7 +42,8 @@ DEFAULTS = {field.name: field.default for field in dataclasses.fields(HTTPOption
 # Flags that set an `HTTPOptions` field of the same name; unset ones leave the file's value.
 HTTP_FLAGS = ("host", "port", "keep_alive_timeout_s", "request_timeout_s", "body_timeout_s",
               "root_path", "graceful_shutdown_timeout_s", "max_body_size", "uds",
-              "log_level", "access_log")  # fmt: skip
+              "log_level", "access_log", "ssl_keyfile", "ssl_certfile", "proxy_headers",
+              "forwarded_allow_ips", "reload", "reload_dirs")  # fmt: skip
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -153,6 +157,49 @@ def make_parser() -> argparse.ArgumentParser:
         help="the path a reverse proxy serves the app under, such as /api (default: none)",
     )
     run.add_argument(
+        "--ssl-keyfile",
+        metavar="PATH",
+        help="the PEM private key to serve HTTPS with (default: none)",
+    )
+    run.add_argument(
+        "--ssl-certfile",
+        metavar="PATH",
+        help="its PEM certificate chain (default: none): give both, or neither",
+    )
+    run.add_argument(
+        "--proxy-headers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "take the client's address and scheme from X-Forwarded-For and X-Forwarded-Proto, "
+            "sent by a trusted proxy (default: on)"
+        ),
+    )
+    run.add_argument(
+        "--forwarded-allow-ips",
+        metavar="IPS",
+        help=(
+            "comma-separated addresses (or *) of the proxies whose headers are trusted "
+            f"(default: {DEFAULTS['forwarded_allow_ips']})"
+        ),
+    )
+    run.add_argument(
+        "--reload",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=(
+            "restart the server when a .py file (or the config file) changes, for development "
+            "(default: off); watches --app-dir and a config file's modules' directories"
+        ),
+    )
+    run.add_argument(
+        "--reload-dir",
+        dest="reload_dirs",
+        action="append",
+        metavar="DIR",
+        help="watch DIR instead, repeatable (default: as --reload says)",
+    )
+    run.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -197,6 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.workers > 1:  # each worker imports it; say now if none could
                 check_importable(args.target, args.app_dir)
         preflight.check_port(http)
+        preflight.check_tls(http)
+        if http.reload and args.workers > 1:
+            raise preflight.PreflightError(
+                "--reload runs one server process: give --workers 1 (or no --workers)"
+            )
     except (config_file.ConfigError, TargetError, preflight.PreflightError) as exc:
         return error(exc)
     except ValueError as exc:  # a flag HTTPOptions refuses, or the environment variable
@@ -214,8 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # uvicorn puts back the handler it found and raises the signal again once it has shut
     # down; ours exits quietly (and with 0) instead of dying of it. Before the server runs,
     # the same handler stops an import that deploys for too long.
-    signal.signal(signal.SIGTERM, exit_quietly)
-    signal.signal(signal.SIGINT, exit_quietly)
+    if http.reload:
+        try:
+            folders = reload.watched(spec)
+        except preflight.PreflightError as exc:
+            return error(exc)
+        return reload.supervise(spec, [*(sys.argv[1:] if argv is None else argv)], folders)
+    quit_on_signal(exit_quietly)
     try:
         return serve(spec)
     except (config_file.ConfigError, TargetError, ServerMissing) as exc:
@@ -223,10 +280,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeployFailed as exc:  # a config file's builder raised while it was read
         report_failure(exc)
         return DEPLOY_FAILED
+    finally:  # the server is done (Hypercorn's loop put Python's own handlers back)
+        quit_on_signal(exit_now)
 
 
 def exit_quietly(signum: int, frame: FrameType | None) -> None:
+    """Exit with 0, as a server asked to stop does. Worker processes still building replicas
+    are killed first, so the exit does not wait for their constructors; a second signal
+    while the process exits ends it at once."""
+    quit_on_signal(exit_now)
+    stop_starting()
     raise SystemExit(0)
+
+
+def exit_now(signum: int, frame: FrameType | None) -> None:
+    """No traceback from wherever the exit had got to (a thread join, an atexit hook)."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(0)
+
+
+def quit_on_signal(handler: Callable[[int, FrameType | None], None]) -> None:
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
 
 
 def error(exc: Exception) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from asgiserve.autoscaling import AUTO, AutoscalingConfig
@@ -23,6 +23,7 @@ DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S = 20.0
 DEFAULT_KEEP_ALIVE_TIMEOUT_S = 5.0
 DEFAULT_MAX_BODY_SIZE = 100 * 1024 * 1024  # bytes; larger request bodies get 413
 DEFAULT_BODY_TIMEOUT_S = 30.0  # a body that stops arriving for this long gets 408
+DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1"  # uvicorn's: a proxy on this machine
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 BACKEND_ENV = "ASGISERVE_BACKEND"
@@ -160,7 +161,12 @@ class HTTPOptions:
     after SIGTERM or SIGINT; `body_timeout_s` how long a request body may stop arriving
     before the request ends with 408; `max_body_size` the largest request body, in bytes,
     past which the answer is 413; `uds` a Unix socket path to listen on; `status_routes`
-    switches the router's `/-/healthz`, `/-/routes` and `/-/status` on or off.
+    switches the router's `/-/healthz`, `/-/routes` and `/-/status` on or off;
+    `ssl_keyfile` and `ssl_certfile` (both or neither) serve HTTPS; `proxy_headers` takes
+    the client's address and scheme from `X-Forwarded-For` and `X-Forwarded-Proto` when the
+    connection comes from one of `forwarded_allow_ips` (comma-separated, `*` for any), as
+    uvicorn does; `reload` restarts the server when a `.py` file (or the config file)
+    under `reload_dirs` (default: the app's directory and its modules') changes.
     """
 
     host: str = "127.0.0.1"
@@ -175,6 +181,12 @@ class HTTPOptions:
     uds: str | None = None  # a Unix domain socket to listen on instead of host and port
     log_level: str = "info"  # the HTTP server's own
     access_log: bool = True
+    ssl_keyfile: str | None = None
+    ssl_certfile: str | None = None
+    proxy_headers: bool = True
+    forwarded_allow_ips: str = DEFAULT_FORWARDED_ALLOW_IPS
+    reload: bool = False
+    reload_dirs: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # As Serve's variable: the environment wins over the config file and the flags.

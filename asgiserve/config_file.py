@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from asgiserve.autoscaling import AutoscalingConfig
 from asgiserve.config import (
     DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_FORWARDED_ALLOW_IPS,
     DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
     DEFAULT_KEEP_ALIVE_TIMEOUT_S,
     DEFAULT_MAX_BODY_SIZE,
@@ -49,6 +50,12 @@ class HTTPOptionsSchema(Schema):
     uds: str | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = True
+    ssl_keyfile: str | None = None
+    ssl_certfile: str | None = None
+    proxy_headers: bool = True
+    forwarded_allow_ips: str = DEFAULT_FORWARDED_ALLOW_IPS
+    reload: bool = False
+    reload_dirs: list[str] = Field(default_factory=list)
 
     @field_validator("root_path")
     @classmethod

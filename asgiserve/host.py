@@ -309,12 +309,34 @@ class Host:
         ready = asyncio.ensure_future(self.deploy_and_announce())
         self.reload_on_sighup()
         await send({"type": "lifespan.startup.complete"})
-        await receive()  # lifespan.shutdown: the server no longer accepts, requests are done
+        try:
+            await receive()  # lifespan.shutdown: the server no longer accepts, requests are done
+        except asyncio.CancelledError:  # no shutdown comes (uvicorn's second Ctrl-C): the
+            ready.cancel()  # loop is torn down, and the exit's own hook stops the replicas
+            self.progress.stop()
+            return
         ready.cancel()
         self.progress.stop()
+        self.say_left_starting()
         await inner.shutdown()
         await shutdown_async()  # every replica, process and actor
         await send({"type": "lifespan.shutdown.complete"})
+
+    def say_left_starting(self) -> None:
+        """Name the replicas whose constructors still run in this process's threads, which
+        cannot be interrupted: the process exits without waiting for them. (Worker processes
+        still starting are killed by `shutdown_async`.)"""
+        for app in registry.every_app():
+            for name, (ready, wanted) in app.each_ready().items():
+                scheduler = app.schedulers.get(name)
+                left = wanted - ready
+                if left > 0 and scheduler is not None and scheduler.backend.name == "inprocess":
+                    replicas, verb = ("replica", "is") if left == 1 else ("replicas", "are")
+                    say(
+                        f"{self.label}asgiserve: stopping; {left} {replicas} of {name!r} "
+                        f"(application {app.name!r}) {verb} still starting in this process "
+                        f"and {verb} left to finish in a thread, which the exit does not wait for"
+                    )
 
     def reload_on_sighup(self) -> None:
         """`kill -HUP` reloads a config file: each application is updated in place."""
@@ -401,7 +423,8 @@ class Host:
     def announce(self) -> None:
         host = self.spec.http.host
         host = f"[{host}]" if ":" in host else host
-        url = f"http://{host}:{self.spec.http.port}"
+        scheme = "http" if self.spec.http.ssl_certfile is None else "https"
+        url = f"{scheme}://{host}:{self.spec.http.port}"
         if self.spec.http.uds is not None:
             say(f"{self.label}Ready at unix:{self.spec.http.uds}")
             url = ""  # paths only: a client names the socket itself

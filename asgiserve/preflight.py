@@ -7,6 +7,7 @@ import errno
 import importlib.util
 import os
 import socket
+import ssl
 from pathlib import Path
 
 from asgiserve.config import BACKEND_ENV, HTTPOptions
@@ -58,6 +59,38 @@ def check_port(http: HTTPOptions) -> None:
                 ) from None
             where = f"{http.host}:{http.port}"
             raise PreflightError(f"cannot listen on {where}: {exc.strerror}") from None
+
+
+def check_tls(http: HTTPOptions) -> None:
+    """The key and the certificate go together, exist and load: a mistake is one line here,
+    not a traceback from the server once it binds."""
+    key, cert = http.ssl_keyfile, http.ssl_certfile
+    if key is None and cert is None:
+        return
+    if key is None or cert is None:
+        given, missing = ("ssl_keyfile", "ssl_certfile") if cert is None else ("ssl_certfile",
+                                                                              "ssl_keyfile")
+        raise PreflightError(
+            f"{flag(given)} needs {flag(missing)} too: give the key and the certificate, or "
+            "neither"
+        )
+    for name, path in (("ssl_keyfile", key), ("ssl_certfile", cert)):
+        if not os.path.isfile(path):
+            raise PreflightError(f"{flag(name)} {path!r}: no such file")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:  # a password callback: an encrypted key is an error, not a prompt on the terminal
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as exc:
+        why = f" ({exc.reason})" if exc.reason else ""
+        raise PreflightError(
+            f"cannot serve HTTPS with the key {key!r} and the certificate {cert!r}: they "
+            f"are not an unencrypted PEM private key and its PEM certificate{why}"
+        ) from None
+
+
+def flag(field: str) -> str:
+    """An `HTTPOptions` field as the command's flag and the config file's key name it."""
+    return f"--{field.replace('_', '-')} (http_options.{field})"
 
 
 def check_target_form(target: str, app_dir: str) -> None:

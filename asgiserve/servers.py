@@ -1,5 +1,6 @@
-"""uvicorn and Hypercorn, run the way `asgiserve run` needs: keep-alive, graceful shutdown
-and root path from `HTTPOptions`, and `--workers N` as N server processes.
+"""uvicorn and Hypercorn, run the way `asgiserve run` needs: keep-alive, graceful shutdown,
+root path, TLS and proxy headers from `HTTPOptions`, and `--workers N` as N server
+processes.
 
 Each server handles SIGTERM and SIGINT itself: it stops accepting, lets in-flight requests
 finish within `graceful_shutdown_timeout_s`, then runs the lifespan shutdown, where
@@ -16,11 +17,12 @@ from typing import Any
 from asgiserve import metrics_page
 from asgiserve.config import HTTPOptions
 from asgiserve.extras import install_hint
-from asgiserve.host import DEPLOY_FAILED, SPEC_ENV, Host, RunSpec
+from asgiserve.host import DEPLOY_FAILED, SPEC_ENV, Host, RunSpec, worker_app
 
 SERVERS = ("uvicorn", "hypercorn")
 # Each worker process builds its app from this import string and `SPEC_ENV`.
 WORKER_APP = "asgiserve.host:worker_app"
+HYPERCORN_WORKER_APP = "asgiserve.servers:hypercorn_worker_app"
 # Hypercorn's own limit on the lifespan shutdown, beyond the replicas' drain.
 LIFESPAN_SHUTDOWN_MARGIN_S = 60.0
 
@@ -75,7 +77,10 @@ def uvicorn_config(app: Any, options: HTTPOptions, **extra: Any) -> Any:
     }
     return uvicorn.Config(
         app, host=options.host, port=options.port, uds=options.uds, root_path=options.root_path,
-        log_level=options.log_level, access_log=options.access_log, **seconds, **extra,
+        log_level=options.log_level, access_log=options.access_log,
+        ssl_keyfile=options.ssl_keyfile, ssl_certfile=options.ssl_certfile,
+        proxy_headers=options.proxy_headers, forwarded_allow_ips=options.forwarded_allow_ips,
+        **seconds, **extra,
     )  # fmt: skip
 
 
@@ -93,7 +98,35 @@ def hypercorn_config(options: HTTPOptions) -> Any:
     config.loglevel = options.log_level.upper()
     config.accesslog = "-" if options.access_log else None  # stdout, as uvicorn's
     config.access_log_format = '%(h)s - "%(m)s %(Uq)s HTTP/%(H)s" %(s)s'  # uvicorn's line
+    config.keyfile = options.ssl_keyfile
+    config.certfile = options.ssl_certfile
     return config
+
+
+def proxy_headers_middleware() -> Any:
+    """uvicorn's middleware for `X-Forwarded-*`: a plain ASGI one, so under Hypercorn (which
+    has no such setting) the same clients are trusted the same way as under uvicorn."""
+    try:
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+    except ImportError:
+        raise ServerMissing(
+            "proxy headers under Hypercorn use uvicorn's middleware, and uvicorn is not "
+            f"installed; {install_hint('hypercorn')}, or give --no-proxy-headers"
+        ) from None
+    return ProxyHeadersMiddleware
+
+
+def behind_proxy(app: Any, options: HTTPOptions) -> Any:
+    """`app`, taking the client and scheme from trusted proxies' headers if so set."""
+    if not options.proxy_headers:
+        return app
+    return proxy_headers_middleware()(app, trusted_hosts=options.forwarded_allow_ips)
+
+
+def hypercorn_worker_app() -> Any:
+    """The app of each Hypercorn worker under `--workers N`."""
+    host = worker_app()
+    return behind_proxy(host, host.spec.http)
 
 
 def run_uvicorn(spec: RunSpec) -> int:
@@ -116,14 +149,15 @@ def run_uvicorn(spec: RunSpec) -> int:
 
 def run_hypercorn(spec: RunSpec) -> int:
     config = hypercorn_config(spec.http)
+    if spec.http.proxy_headers:
+        proxy_headers_middleware()  # missing: say so now, not in each worker
     if spec.workers == 1:
         from hypercorn.asyncio import serve as hypercorn_serve
 
-        app: Any = Host(spec)
-        asyncio.run(hypercorn_serve(app, config))
+        asyncio.run(hypercorn_serve(behind_proxy(Host(spec), spec.http), config))
         return 0
     from hypercorn.run import run
 
-    config.application_path = WORKER_APP + "()"  # Hypercorn evaluates the attribute part
+    config.application_path = HYPERCORN_WORKER_APP + "()"  # Hypercorn evaluates the attribute
     config.workers = spec.workers
     return int(run(config))

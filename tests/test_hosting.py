@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -47,7 +48,17 @@ class Model:
 
     async def __call__(self, request: Request) -> dict:
         await asyncio.sleep(float(request.query_params.get("sleep", 0)))
-        return {"tag": self.tag, "pid": os.getpid(), "root_path": request.scope["root_path"]}
+        client = request.client.host if request.client else None  # None on a Unix socket
+        return {"tag": self.tag, "pid": os.getpid(), "root_path": request.scope["root_path"],
+                "client": client, "scheme": request.url.scheme}
+
+
+@asgiserve.deployment(num_replicas=2)
+class Loading:
+    def __init__(self):
+        with open("loading.pids", "a") as pids:  # the replica's process, for the test
+            pids.write(f"{os.getpid()}\\n")
+        time.sleep(60)
 
 
 @asgiserve.deployment
@@ -59,6 +70,7 @@ class Broken:
 app = Model.bind()
 slow = Model.options(num_replicas=2).bind(0.6, "slow")
 broken = Broken.bind()
+loading = Loading.bind()
 
 
 def build(args: dict):
@@ -214,6 +226,9 @@ def test_help_documents_every_option_with_its_default() -> None:
         ("--graceful-shutdown-timeout-s", "20"),
         ("--root-path", "none"),
         ("--workers", "1"),
+        ("--ssl-keyfile", "none"),
+        ("--ssl-certfile", "none"),
+        ("--forwarded-allow-ips", "127.0.0.1"),
     ]:
         assert flag in text
         help_text = text.split(flag, 2)[-1].split(" --", 1)[0]
@@ -303,6 +318,18 @@ def test_settings_reach_the_router_and_the_server(project: Path) -> None:
         (["service:app", "--workers", "0"], "--workers must be at least 1"),
         (["service:Model.name", "--workers", "2"], "service:Model.name is str"),
         (["nowhere:app", "--workers", "2"], "cannot find module 'nowhere'"),
+        (["service:app", "--ssl-keyfile", "service.py"], "needs --ssl-certfile"),
+        (["service:app", "--ssl-certfile", "service.py"], "needs --ssl-keyfile"),
+        (
+            ["service:app", "--ssl-keyfile", "no.pem", "--ssl-certfile", "service.py"],
+            "--ssl-keyfile (http_options.ssl_keyfile) 'no.pem': no such file",
+        ),
+        (
+            ["service:app", "--ssl-keyfile", "service.py", "--ssl-certfile", "service.py"],
+            "cannot serve HTTPS with the key 'service.py'",
+        ),
+        (["service:app", "--reload", "--workers", "2"], "--reload runs one server process"),
+        (["service:app", "--reload", "--reload-dir", "nowhere"], "nowhere': no such directory"),
     ],
 )
 def test_bad_targets_and_flags_are_clear_errors(
@@ -871,3 +898,182 @@ def test_log_level_and_access_log_reach_the_server(
         lines, errors = out.read(), err.read()
     assert ('"GET / HTTP/1.1" 200' in lines) is access, lines
     assert any(line in errors for line in ("Started server process", "Running on")) is info
+
+
+# -- HTTPS, proxy headers ----------------------------------------------------------------
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A key and a certificate for 127.0.0.1, made with openssl."""
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return key, cert
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_https_with_a_key_and_a_certificate(project: Path, server: str) -> None:
+    import ssl
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl makes the test's certificate")
+    key, cert = self_signed(project)
+    flags = ("--server", server, "--ssl-keyfile", str(key), "--ssl-certfile", str(cert))
+    with running(project, "service:app", *flags) as command:
+        command.wait_for_line(rf"Ready at https://127.0.0.1:{command.port}$")
+        trust = ssl.create_default_context(cafile=str(cert))
+        answer = httpx.get(f"https://127.0.0.1:{command.port}/", verify=trust, timeout=30)
+        assert answer.status_code == 200
+        assert answer.json()["scheme"] == "https"
+        assert command.stop() == 0
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize(
+    ("flags", "client", "scheme"),
+    [
+        ((), "10.1.2.3", "https"),  # from 127.0.0.1, trusted by default
+        (("--no-proxy-headers",), "127.0.0.1", "http"),
+        (("--forwarded-allow-ips", "10.9.9.9"), "127.0.0.1", "http"),  # not this proxy
+        (("--forwarded-allow-ips", "*"), "10.1.2.3", "https"),
+    ],
+)
+def test_proxy_headers(
+    project: Path, server: str, flags: tuple[str, ...], client: str, scheme: str
+) -> None:
+    forwarded = {"X-Forwarded-For": "10.1.2.3", "X-Forwarded-Proto": "https"}
+    with running(project, "service:app", "--server", server, *flags) as command:
+        command.wait_until_ready()
+        seen = httpx.get(f"{command.url}/", headers=forwarded, timeout=30).json()
+        assert (seen["client"], seen["scheme"]) == (client, scheme)
+        assert command.stop() == 0
+
+
+def test_http_options_in_a_config_file_reach_the_command(project: Path) -> None:
+    """The new settings are `http_options` fields too, and the flags win over them."""
+    (project / "serve.yaml").write_text(
+        "http_options:\n  proxy_headers: false\n  forwarded_allow_ips: '*'\n"
+        "  ssl_keyfile: key.pem\napplications:\n  - import_path: service:app\n"
+    )
+    config = config_file.load(project / "serve.yaml")
+    http = config.http_options(proxy_headers=True)
+    assert (http.proxy_headers, http.forwarded_allow_ips) == (True, "*")
+    assert http.ssl_keyfile == "key.pem"
+    done = run_command(project, "serve.yaml", "--port", str(free_port()))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "asgiserve run: error: --ssl-keyfile (http_options.ssl_keyfile) needs --ssl-certfile "
+        "(http_options.ssl_certfile) too: give the key and the certificate, or neither"
+    ]
+
+
+# -- --reload ----------------------------------------------------------------------------
+
+VERSIONED = """
+import os
+
+from starlette.responses import PlainTextResponse
+
+import asgiserve
+
+
+@asgiserve.deployment
+def hello(request) -> PlainTextResponse:
+    return PlainTextResponse(f"{VERSION} {os.getpid()}")
+
+
+VERSION = "v1"
+app = hello.bind()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", SERVERS)
+def test_reload_restarts_the_server_on_a_change(project: Path, server: str) -> None:
+    (project / "versioned.py").write_text(VERSIONED)
+    with running(project, "versioned:app", "--server", server, "--reload") as command:
+        command.wait_until_ready()
+        version, first = httpx.get(f"{command.url}/", timeout=30).text.split()
+        assert version == "v1"
+        time.sleep(0.5)  # the watch has started
+        (project / "versioned.py").write_text(VERSIONED.replace('"v1"', '"v2"'))
+        deadline = time.monotonic() + 30
+        answer = ""
+        while not answer.startswith("v2") and time.monotonic() < deadline:
+            try:
+                answer = httpx.get(f"{command.url}/", timeout=30).text
+            except httpx.TransportError:  # between the two servers
+                pass
+            time.sleep(0.1)
+        assert answer.startswith("v2"), command.output
+        second = answer.split()[1]
+        assert second != first
+        assert gone(int(first))  # the old server (and its replicas) stopped first
+        assert command.stop() == 0
+    assert gone(int(second))
+    assert "versioned.py changed; restarting the server" in command.output
+    assert "Traceback" not in command.output
+
+
+def test_reload_watches_the_app_dir_the_config_file_and_its_modules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asgiserve.host import RunSpec
+    from asgiserve.reload import watched
+
+    for folder in ("app", "conf", "code/shared", "app/inner"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "code/shared/__init__.py").write_text("")
+    (tmp_path / "code/shared/models.py").write_text("app = None\n")
+    (tmp_path / "conf/serve.yaml").write_text(
+        "applications:\n  - import_path: shared.models:app\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    target = str(tmp_path / "conf/serve.yaml")
+    http = asgiserve.HTTPOptions(reload=True)
+    spec = RunSpec(target=target, http=http, app_dir=str(tmp_path / "app"))
+    folders = [str(tmp_path / name) for name in ("app", "code/shared", "conf")]
+    assert watched(spec) == (folders, {target})
+    http.reload_dirs = [str(tmp_path / "app/inner"), str(tmp_path / "app")]
+    assert watched(spec) == ([str(tmp_path / "app")], {target})
+
+
+# -- Ctrl-C while replicas start ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("second", [False, True], ids=["once", "twice"])
+@pytest.mark.parametrize("backend", ["inprocess", "subprocess"])
+@pytest.mark.parametrize("server", SERVERS)
+def test_ctrl_c_while_replicas_start_stops_at_once(
+    project: Path, server: str, backend: str, second: bool
+) -> None:
+    flags = ("--server", server, "--backend", backend)
+    with running(project, "service:loading", *flags) as command:
+        command.wait_for_line(r"^default: 0/2 replicas ready$")
+        pids = project / "loading.pids"
+        deadline = time.monotonic() + 30
+        while not (pids.exists() and pids.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # a constructor is running
+        started = time.monotonic()
+        command.process.send_signal(signal.SIGINT)
+        if second:
+            time.sleep(0.05)
+            command.process.send_signal(signal.SIGINT)
+        code = command.wait(timeout=15)
+        took = time.monotonic() - started
+    assert code == 0, command.output
+    assert took < 5, command.output
+    assert "Traceback" not in command.output
+    replicas = [int(pid) for pid in pids.read_text().split()]
+    if backend == "subprocess":
+        assert all(gone(pid, timeout=5) for pid in replicas)  # killed, not left to load
+    elif not second:
+        assert (
+            "asgiserve: stopping; 2 replicas of 'Loading' (application 'default') are still "
+            "starting in this process and are left to finish in a thread, which the exit does "
+            "not wait for"
+        ) in command.lines

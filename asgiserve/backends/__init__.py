@@ -43,6 +43,12 @@ def close_backends() -> None:
     _given.clear()
 
 
+def stop_starting() -> None:
+    """End the replicas still starting on every backend used here that can end them."""
+    for backend in [*_shared.values(), *_given]:
+        backend.stop_starting()
+
+
 def resolve_backend(backend: str | Backend) -> Backend:
     """A backend instance for a name; one shared instance per name per process."""
     if isinstance(backend, Backend):

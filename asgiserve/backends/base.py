@@ -118,3 +118,7 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release what the backend holds once no replica uses it."""
+
+    def stop_starting(self) -> None:  # noqa: B027 - optional hook: threads cannot be stopped
+        """End the replicas whose constructors still run, where that is possible (worker
+        processes): a Ctrl-C while models load does not wait for them."""

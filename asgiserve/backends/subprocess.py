@@ -54,7 +54,13 @@ async def serve_upstream(target: Target, call: Call, receive: Receive, send: Sen
 class SubprocessReplica(Replica):
     """One worker process. Blocks in `__init__` until the user's constructor has run."""
 
-    def __init__(self, spec: ReplicaSpec, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        spec: ReplicaSpec,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        starting: set[subprocess.Popen[bytes]] | None = None,
+    ) -> None:
+        """`starting` holds the worker while its constructor runs, for `stop_starting`."""
         self.spec = spec
         self.max_frame_size = max_frame_size
         self.replica_id = spec.replica_id
@@ -84,12 +90,16 @@ class SubprocessReplica(Replica):
         threading.Thread(
             target=self.watch_exit, name=f"asgiserve-exit-{self.process.pid}", daemon=True
         ).start()
+        starting = set() if starting is None else starting
+        starting.add(self.process)
         try:
             write_frame(ours, payload)
             _, _, (_, error) = read_frame(ours, max_frame_size)
         except ConnectionError:
             code = self.process.wait()
             error = ReplicaDiedError(f"{self.name} exited with code {code} while starting")
+        finally:
+            starting.discard(self.process)
         if error is not None:
             self.kill()
             raise error
@@ -196,7 +206,16 @@ class SubprocessBackend(Backend):
         if max_frame_size < 1024 * 1024:
             raise ValueError(f"max_frame_size must be at least 1 MiB, got {max_frame_size}")
         self.max_frame_size = max_frame_size
+        self.starting: set[subprocess.Popen[bytes]] = set()
 
     def start_replica(self, spec: ReplicaSpec) -> Replica:
-        return SubprocessReplica(spec, self.max_frame_size)
+        return SubprocessReplica(spec, self.max_frame_size, self.starting)
+
+    def stop_starting(self) -> None:
+        for process in list(self.starting):
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
+    def close(self) -> None:
+        self.stop_starting()
 
