@@ -1,6 +1,6 @@
 """asgiserve: serve models and services from your own FastAPI or Starlette app."""
 
-from asgiserve import adapters, backends, exceptions
+from asgiserve import adapters, backends, exceptions, metrics
 from asgiserve.api import (
     delete,
     get_app_handle,
@@ -19,6 +19,7 @@ from asgiserve.deployment import Application, Deployment, deployment
 from asgiserve.drivers import DAGDriver
 from asgiserve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 from asgiserve.ingress import ingress
+from asgiserve.logs import LoggingConfig
 from asgiserve.multiplex import get_multiplexed_model_id, multiplexed
 from asgiserve.router import Router
 
@@ -33,6 +34,7 @@ __all__ = [
     "DeploymentResponse",
     "DeploymentResponseGenerator",
     "HTTPOptions",
+    "LoggingConfig",
     "RequestContext",
     "Router",
     "adapters",
@@ -46,6 +48,7 @@ __all__ = [
     "get_multiplexed_model_id",
     "get_request_context",
     "ingress",
+    "metrics",
     "multiplexed",
     "router",
     "run",

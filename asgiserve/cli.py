@@ -24,6 +24,7 @@ from asgiserve.config import (
     BACKEND_ENV,
     DEFAULT_BODY_TIMEOUT_S,
     KEEP_ALIVE_ENV,
+    LOG_FORMATS,
     LOG_LEVELS,
     HTTPOptions,
 )
@@ -42,8 +43,8 @@ DEFAULTS = {field.name: field.default for field in dataclasses.fields(HTTPOption
 # Flags that set an `HTTPOptions` field of the same name; unset ones leave the file's value.
 HTTP_FLAGS = ("host", "port", "keep_alive_timeout_s", "request_timeout_s", "body_timeout_s",
               "root_path", "graceful_shutdown_timeout_s", "max_body_size", "uds",
-              "log_level", "access_log", "ssl_keyfile", "ssl_certfile", "proxy_headers",
-              "forwarded_allow_ips", "reload", "reload_dirs")  # fmt: skip
+              "log_level", "access_log", "log_format", "ssl_keyfile", "ssl_certfile",
+              "proxy_headers", "forwarded_allow_ips", "reload", "reload_dirs")  # fmt: skip
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -126,6 +127,15 @@ def make_parser() -> argparse.ArgumentParser:
         "--log-level",
         choices=LOG_LEVELS,
         help=f"the HTTP server's log level (default: {DEFAULTS['log_level']})",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help=(
+            "text lines (time, level, logger, the request's application, deployment, replica "
+            "and id, message) or one JSON object per line "
+            f"(default: {DEFAULTS['log_format']})"
+        ),
     )
     run.add_argument(
         "--access-log",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from asgiserve.autoscaling import AUTO, AutoscalingConfig
+from asgiserve.logs import LoggingConfig
 
 DEFAULT_MAX_ONGOING_REQUESTS = 5
 # None: twice what the deployment's replicas serve at once, and at least 100. Finite, so
@@ -26,6 +27,7 @@ DEFAULT_BODY_TIMEOUT_S = 30.0  # a body that stops arriving for this long gets 4
 DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1"  # uvicorn's: a proxy on this machine
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
 BACKEND_ENV = "ASGISERVE_BACKEND"
 KEEP_ALIVE_ENV = "ASGISERVE_HTTP_KEEP_ALIVE_TIMEOUT_S"
 
@@ -45,8 +47,10 @@ class DeploymentConfig:
     graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S
     autoscaling_config: AutoscalingConfig | None = None
     user_config: Any = None
+    logging_config: LoggingConfig | None = None  # a dict is read too
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "logging_config", LoggingConfig.of(self.logging_config))
         raw: Any = self.autoscaling_config
         scaling = AutoscalingConfig.of(raw)
         replicas = self.num_replicas
@@ -179,8 +183,9 @@ class HTTPOptions:
     status_routes: bool = True
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
     uds: str | None = None  # a Unix domain socket to listen on instead of host and port
-    log_level: str = "info"  # the HTTP server's own
+    log_level: str = "info"  # the HTTP server's and asgiserve's
     access_log: bool = True
+    log_format: str = "text"  # or "json": one object per line (`asgiserve.logs`)
     ssl_keyfile: str | None = None
     ssl_certfile: str | None = None
     proxy_headers: bool = True
@@ -211,6 +216,8 @@ class HTTPOptions:
                 "graceful_shutdown_timeout_s must be 0 or more, "
                 f"got {self.graceful_shutdown_timeout_s}"
             )
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log_format must be one of {LOG_FORMATS}, got {self.log_format!r}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log_level must be one of {LOG_LEVELS}, got {self.log_level!r}")
         if self.max_body_size < 1:

@@ -21,6 +21,7 @@ from asgiserve.config import (
     DEFAULT_MAX_BODY_SIZE,
     HTTPOptions,
 )
+from asgiserve.logs import LoggingConfig
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -50,6 +51,7 @@ class HTTPOptionsSchema(Schema):
     uds: str | None = None
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = True
+    log_format: Literal["text", "json"] = "text"
     ssl_keyfile: str | None = None
     ssl_certfile: str | None = None
     proxy_headers: bool = True
@@ -76,6 +78,7 @@ class DeploymentSchema(Schema):
     num_replicas: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
     autoscaling_config: dict[str, Any] | None = None
     user_config: Any = None
+    logging_config: dict[str, Any] | None = None
     max_ongoing_requests: int | None = Field(default=None, ge=1)
     max_queued_requests: int | None = Field(default=None, ge=-1)
     backend: BackendName | None = None
@@ -88,6 +91,12 @@ class DeploymentSchema(Schema):
     @classmethod
     def valid_autoscaling(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         AutoscalingConfig.of(value)  # its errors, with this field's place in the file
+        return value
+
+    @field_validator("logging_config")
+    @classmethod
+    def valid_logging(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        LoggingConfig.of(value)
         return value
 
     def options(self) -> dict[str, Any]:

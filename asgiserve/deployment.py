@@ -15,6 +15,7 @@ from asgiserve.config import (
     DEFAULT_MAX_QUEUED_REQUESTS,
     DeploymentConfig,
 )
+from asgiserve.logs import LoggingConfig
 
 
 class Application:
@@ -116,6 +117,7 @@ def deployment(
     graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
     autoscaling_config: AutoscalingConfig | dict[str, Any] | None = None,
     user_config: Any = None,
+    logging_config: LoggingConfig | dict[str, Any] | None = None,
     route_prefix: str | None = None,
 ) -> Callable[[Callable[..., Any]], Deployment]: ...
 
@@ -134,6 +136,7 @@ def deployment(
     graceful_shutdown_timeout_s: float = DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_S,
     autoscaling_config: AutoscalingConfig | dict[str, Any] | None = None,
     user_config: Any = None,
+    logging_config: LoggingConfig | dict[str, Any] | None = None,
     route_prefix: str | None = None,
 ) -> Deployment | Callable[[Callable[..., Any]], Deployment]:
     """Turn a class or function into a deployment; usable bare or with options.
@@ -154,6 +157,7 @@ def deployment(
             graceful_shutdown_timeout_s=graceful_shutdown_timeout_s,
             autoscaling_config=autoscaling_config,  # type: ignore[arg-type] # a dict is read
             user_config=user_config,
+            logging_config=logging_config,  # type: ignore[arg-type] # a dict is read
         )
         return Deployment(target, config, route_prefix)
 

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import importlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from asgiserve import config_file, registry
+from asgiserve import config_file, logs, registry
 from asgiserve.api import UNSET, delete, router, run, shutdown_async
 from asgiserve.config import HTTPOptions
 from asgiserve.deployment import Application, Deployment
@@ -33,6 +34,7 @@ from asgiserve.replica import Lifespan
 from asgiserve.router import Router
 
 T = TypeVar("T")
+logger = logging.getLogger("asgiserve")
 
 SPEC_ENV = "ASGISERVE_RUN_SPEC"  # how `--workers N` hands the command's settings to each worker
 # A deployment that cannot start fails the command, as `serve run` does. uvicorn's and
@@ -78,12 +80,10 @@ class DeployFailed(Exception):
 def report_failure(exc: BaseException, label: str = "") -> None:
     """The user's traceback, framed with the application's name."""
     if isinstance(exc, DeployFailed) and exc.__cause__ is not None:
-        say(f"{label}asgiserve: {exc}; stopping. Its error:")
-        traceback.print_exception(exc.__cause__, file=sys.stderr)
-        say(f"{label}asgiserve: {exc} (the error above)")
+        say(f"{label}asgiserve: {exc}; stopping. Its error:", logging.ERROR, exc.__cause__)
+        say(f"{label}asgiserve: {exc} (the error above)", logging.ERROR)
     else:
-        say(f"{label}asgiserve: an application failed to deploy; stopping.")
-        traceback.print_exception(exc, file=sys.stderr)
+        say(f"{label}asgiserve: an application failed to deploy; stopping.", logging.ERROR, exc)
 
 
 @dataclass
@@ -214,8 +214,15 @@ class Progress:
             self.show()
 
 
-def say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+def say(line: str, level: int = logging.INFO, error: BaseException | None = None) -> None:
+    """One of the command's lines: through asgiserve's logger, so it has a time, a level
+    and `--log-format` (a traceback, `error`'s, is part of it); printed before that is set."""
+    if not logger.handlers:
+        print(line, file=sys.stderr, flush=True)
+        if error is not None:
+            traceback.print_exception(error, file=sys.stderr)
+        return
+    logger.log(level, line, exc_info=error)
 
 
 async def in_daemon_thread(work: Callable[[], T]) -> T:
@@ -357,19 +364,19 @@ class Host:
                 lambda: config_jobs(config_file.load(self.spec.target), router)
             )
         except (config_file.ConfigError, TargetError) as exc:
-            say(f"{self.label}asgiserve: {exc}; nothing was changed")
+            say(f"{self.label}asgiserve: {exc}; nothing was changed", logging.ERROR)
             return
-        except Exception:
-            say(f"{self.label}asgiserve: the config file could not be loaded; nothing was changed")
-            traceback.print_exc()
+        except Exception as exc:
+            what = "the config file could not be loaded; nothing was changed"
+            say(f"{self.label}asgiserve: {what}", logging.ERROR, exc)
             return
         names = {job.name for job in jobs}
         for job in jobs:
             try:
                 await in_daemon_thread(job.deploy)
-            except Exception:
-                say(f"{self.label}asgiserve: updating {job.name!r} failed; it runs as before")
-                traceback.print_exc()
+            except Exception as exc:
+                what = f"updating {job.name!r} failed; it runs as before"
+                say(f"{self.label}asgiserve: {what}", logging.ERROR, exc)
         for name in sorted(set(registry.applications) - names):
             delete(name)
         say(f"{self.label}asgiserve: reloaded {self.spec.target}: {', '.join(sorted(names))}")
@@ -439,10 +446,11 @@ def worker_app() -> Host:
     """The app of each server process under `--workers N`: each imports the target and
     deploys its own replicas (an import string, as uvicorn's and Hypercorn's workers need)."""
     spec = RunSpec.from_json(os.environ[SPEC_ENV])
+    logs.set_up_server(spec.http)
     try:
         return Host(spec, label=f"[worker {os.getpid()}] ")
     except (TargetError, config_file.ConfigError) as exc:
-        say(f"asgiserve run: error: {exc}")
+        say(f"asgiserve run: error: {exc}", logging.ERROR)
     except Exception as exc:
         report_failure(exc, f"[worker {os.getpid()}] ")
     sys.stderr.flush()

@@ -34,14 +34,16 @@ from asgiserve.exceptions import (
     RequestCancelledError,
     RequestTimeoutError,
 )
+from asgiserve.logs import ACCESS_LOGGER
 from asgiserve.multiplex import HEADERS as MODEL_HEADERS
 from asgiserve.responses import error_response
 from asgiserve.tracing import TRACEPARENT
 from asgiserve.watch import BodyTimeout, BodyTooLarge, RequestWatch, watchlist
 
 logger = logging.getLogger("asgiserve")
-# One line per request at INFO: app, deployment, replica, request id, method, route, status, ms.
-access_log = logger
+# One line per request at INFO: app, deployment, replica, request id, method, route, status,
+# ms; a deployment's `logging_config=LoggingConfig(enable_access_log=False)` has none.
+access_log = logging.getLogger(ACCESS_LOGGER)
 
 # Keys that belong to the outer app; the ingress app is a top-level app of its own.
 OUTER_KEYS = ("app", "router", "endpoint", "route", "app_root_path", "path_params")
@@ -66,6 +68,13 @@ def server_error(exc: Exception) -> bool:
     """An error of the application's own (a 500), not one asgiserve answers for it."""
     known = (RequestTimeoutError, BodyTooLarge, BodyTimeout, *UNAVAILABLE)
     return not isinstance(exc, known)
+
+
+def access_logged(app: registry.RunningApp) -> bool:
+    """Whether the application's ingress deployment wants its access lines."""
+    scheduler = app.schedulers.get(app.ingress)
+    chosen = None if scheduler is None else scheduler.config.logging_config
+    return chosen is None or chosen.enable_access_log
 
 
 ROOT_MATCH = (0, NO_PARAMS)  # what the prefix `/` matches, in every path
@@ -312,7 +321,7 @@ class Router:
         if tracing.recording():
             work = self.traced(work, call, f"{method} {route.prefix}", exchange)
         meter = self.meter
-        logged = access_log.isEnabledFor(logging.INFO)
+        logged = access_log.isEnabledFor(logging.INFO) and access_logged(app)
         if meter is None and not logged:
             await work
             return
@@ -338,7 +347,9 @@ class Router:
                 route.prefix,
                 exchange.status or "-",
                 elapsed_ms,
-            )
+                extra={"application": app.name, "deployment": app.ingress,
+                       "replica": call.replica_id, "request_id": exchange.request_id},
+            )  # fmt: skip
 
     async def serve(
         self,

@@ -10,11 +10,12 @@ finish within `graceful_shutdown_timeout_s`, then runs the lifespan shutdown, wh
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import tempfile
 from typing import Any
 
-from asgiserve import metrics_page
+from asgiserve import logs, metrics_page
 from asgiserve.config import HTTPOptions
 from asgiserve.extras import install_hint
 from asgiserve.host import DEPLOY_FAILED, SPEC_ENV, Host, RunSpec, worker_app
@@ -33,6 +34,7 @@ class ServerMissing(RuntimeError):
 
 def serve(spec: RunSpec) -> int:
     """Serve until SIGTERM or SIGINT; returns the exit code."""
+    logs.set_up_server(spec.http)
     if spec.workers > 1:
         os.environ[SPEC_ENV] = spec.to_json()  # spawned workers inherit the environment
         with tempfile.TemporaryDirectory(prefix="asgiserve-metrics-") as folder:
@@ -77,7 +79,7 @@ def uvicorn_config(app: Any, options: HTTPOptions, **extra: Any) -> Any:
     }
     return uvicorn.Config(
         app, host=options.host, port=options.port, uds=options.uds, root_path=options.root_path,
-        log_level=options.log_level, access_log=options.access_log,
+        log_level=options.log_level, access_log=options.access_log, log_config=None,
         ssl_keyfile=options.ssl_keyfile, ssl_certfile=options.ssl_certfile,
         proxy_headers=options.proxy_headers, forwarded_allow_ips=options.forwarded_allow_ips,
         **seconds, **extra,
@@ -96,7 +98,8 @@ def hypercorn_config(options: HTTPOptions) -> Any:
     config.shutdown_timeout = options.graceful_shutdown_timeout_s + LIFESPAN_SHUTDOWN_MARGIN_S
     config.root_path = options.root_path
     config.loglevel = options.log_level.upper()
-    config.accesslog = "-" if options.access_log else None  # stdout, as uvicorn's
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.accesslog = logging.getLogger("hypercorn.access") if options.access_log else None
     config.access_log_format = '%(h)s - "%(m)s %(Uq)s HTTP/%(H)s" %(s)s'  # uvicorn's line
     config.keyfile = options.ssl_keyfile
     config.certfile = options.ssl_certfile

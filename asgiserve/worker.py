@@ -8,7 +8,6 @@ constructor's error), then serves calls until told to stop or until the server g
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import socket
@@ -19,7 +18,7 @@ from typing import Any
 
 from starlette.types import Receive, Send
 
-from asgiserve import registry
+from asgiserve import logs, registry
 from asgiserve.backends.base import RESULT, Call
 from asgiserve.backends.channel import END, Channel, Target
 from asgiserve.backends.wire import read_frame, remote_error, write_frame
@@ -102,6 +101,7 @@ async def serve(sock: socket.socket, spec_data: bytes, max_frame_size: int) -> N
     registry.upstream = not_yet
     try:
         spec = load_spec(spec_data)
+        logs.set_up_replica(spec.config.logging_config)
         runtime = await asyncio.to_thread(ReplicaRuntime, spec)
     except BaseException as exc:
         write_frame(sock, (0, END, ([], remote_error(exc, "the replica's constructor"))))
@@ -134,10 +134,7 @@ def main() -> None:
     except ConnectionError:
         return  # the server gave up on us before sending our spec
     sys.path[:] = path
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(levelname)s %(asctime)s %(name)s %(filename)s:%(lineno)d - %(message)s",
-    )
+    logs.set_up_replica(None)  # until the spec says what its deployment asks for
     try:
         import uvloop
     except ImportError:

@@ -42,6 +42,7 @@ import pytest
 
 from tests.markdown import Page, parse
 from tests.servers import free_port
+from tests.test_hosting import self_signed
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = ["README.md", *sorted(f"docs/{path.name}" for path in (ROOT / "docs").glob("*.md"))]
@@ -276,6 +277,7 @@ def wait_healthy(
     command: Shown, process: subprocess.Popen[bytes], port: int, log: Path, timeout: float = 60
 ) -> None:
     ready = {200} if command.program == "asgiserve" else {200, 404}
+    scheme = "https" if "--ssl-certfile" in command.text else "http"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -283,7 +285,8 @@ def wait_healthy(
         try:
             # 404: an app that does not mount the router (its status routes) is up once
             # it answers at all, as uvicorn and Hypercorn answer after lifespan startup.
-            if httpx.get(f"http://127.0.0.1:{port}/-/healthz", timeout=2).status_code in ready:
+            url = f"{scheme}://127.0.0.1:{port}/-/healthz"
+            if httpx.get(url, timeout=2, verify=False).status_code in ready:
                 return
         except httpx.TransportError:
             pass
@@ -425,6 +428,10 @@ def test_commands_run(name: str, tmp_path: Path) -> None:
         if target.page is not None and name != "README.md":
             cwd = tmp_path
             write_files(target, command.line, cwd, port)
+        if "--ssl-certfile" in command.text:  # the key and certificate the page says to make
+            self_signed(cwd)
+        for folder in re.findall(r"--reload-dir (\S+)", command.text):  # the reader's own
+            (cwd / folder).mkdir(exist_ok=True)
         log = tmp_path / "server.log"
         with running(command, cwd, port, log) as process:
             wait_healthy(command, process, port, log)

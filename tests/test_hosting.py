@@ -103,6 +103,10 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+# What `asgiserve run` puts before each message (`asgiserve.logs.TextFormatter`).
+LOG_PREFIX = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ [\w.]+ ")
+
+
 class Command:
     """A running `python -m asgiserve run ...`; its stderr lines are collected."""
 
@@ -110,14 +114,16 @@ class Command:
         self.process = process
         self.url = f"http://127.0.0.1:{port}"
         self.port = port
-        self.lines: list[str] = []
+        self.lines: list[str] = []  # each line's message, without its time, level and logger
+        self.raw: list[str] = []  # as written
         assert process.stderr is not None
         self.reader = threading.Thread(target=self.read, args=(process.stderr,), daemon=True)
         self.reader.start()
 
     def read(self, stream: object) -> None:
         for line in stream:  # type: ignore[attr-defined]
-            self.lines.append(line.rstrip("\n"))
+            self.raw.append(line.rstrip("\n"))
+            self.lines.append(LOG_PREFIX.sub("", line.rstrip("\n")))
 
     @property
     def output(self) -> str:
@@ -372,7 +378,7 @@ def test_a_config_builder_that_raises_is_framed_with_its_application(
     )
     done = run_command(project, "serve.yaml", "--server", server, "--port", str(free_port()))
     assert done.returncode == 3
-    lines = done.stderr.splitlines()
+    lines = [LOG_PREFIX.sub("", line) for line in done.stderr.splitlines()]
     assert lines[0] == (
         "asgiserve: application 'built' could not be built: its builder builders:build raised; "
         "stopping. Its error:"
@@ -613,8 +619,8 @@ def test_config_file_errors_name_file_field_and_line(project: Path) -> None:
         "asgiserve run: error: bad.yaml, line 2: http_options.port: Input should be a valid "
         "integer, unable to parse string as an integer (got 'eighty')",
         "bad.yaml, line 7: applications[0].deployments[0].num_replica: unknown field (known: "
-        "name, num_replicas, autoscaling_config, user_config, max_ongoing_requests, "
-        "max_queued_requests, backend, "
+        "name, num_replicas, autoscaling_config, user_config, logging_config, "
+        "max_ongoing_requests, max_queued_requests, backend, "
         "ray_actor_options, health_check_period_s, health_check_timeout_s, "
         "graceful_shutdown_timeout_s)",
     ]

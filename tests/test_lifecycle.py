@@ -1221,11 +1221,11 @@ def test_request_context_inside_a_handler(
 
 
 def access_lines(caplog: pytest.LogCaptureFixture, request_id: str = "") -> list[str]:
-    """The router's access lines (INFO on "asgiserve"), those naming `request_id` if given."""
+    """The router's access lines (INFO on "asgiserve.access"), those naming `request_id`."""
     lines = [
         record.getMessage()
         for record in caplog.records
-        if record.name == "asgiserve" and record.levelno == logging.INFO
+        if record.name == "asgiserve.access" and record.levelno == logging.INFO
     ]
     return [line for line in lines if not request_id or request_id in line.split()]
 

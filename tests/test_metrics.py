@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
+import re
 import signal
 import textwrap
 import time
@@ -260,3 +262,18 @@ def ok(url: str) -> bool:
         return httpx.get(url).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_the_dashboard_graphs_metrics_that_exist() -> None:
+    """examples/grafana-dashboard.json names only series the page has."""
+    path = Path(__file__).parent.parent / "examples" / "grafana-dashboard.json"
+    dashboard = json.loads(path.read_text())
+    families = [found for found in vars(metrics).values() if isinstance(found, metrics.Family)]
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
+    series = {family.name + suffix for family in families for suffix in suffixes[family.kind]}
+    assert len(families) >= 12
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(exprs) >= 10
+    for expr in exprs:
+        names = set(re.findall(r"\basgiserve_\w+", expr))
+        assert names and names <= series, (expr, names - series)

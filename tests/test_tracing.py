@@ -11,6 +11,13 @@ import httpx
 import asgiserve
 from asgiserve import tracing
 from tests.apps import traced
+from tests.test_faults import eventually
+
+
+def server_span(name: str) -> dict[str, Any]:
+    """The router's span, which ends just after the response has gone out."""
+    eventually(lambda: any(span["name"] == name for span in traced.finished()), name)
+    return by_name(traced.finished(), name)
 
 
 def by_name(spans: list[dict[str, Any]], name: str) -> dict[str, Any]:
@@ -27,6 +34,7 @@ def test_spans_in_replicas_belong_to_the_request(http: httpx.Client, backend: st
     response = http.get("/traced", headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
     assert response.status_code == 200 and response.text == "inner"
 
+    server_span("GET /traced")
     spans = [*traced.finished(), *handle.spans.remote().result()]
     spans += asgiserve.get_deployment_handle("Inner", "traced").spans.remote().result()
     spans = list({span["span_id"]: span for span in spans}.values())  # in-process: one list
@@ -44,7 +52,7 @@ def test_a_request_without_traceparent_starts_a_trace(http: httpx.Client, backen
     ours.clear()
     asgiserve.run(traced.app, name="traced", route_prefix="/traced")
     assert http.get("/traced").status_code == 200
-    server = by_name(traced.finished(), "GET /traced")
+    server = server_span("GET /traced")
     assert server["parent_id"] is None and int(server["trace_id"], 16) != 0
 
 
@@ -53,6 +61,6 @@ def test_a_malformed_traceparent_is_ignored(http: httpx.Client, backend: str) ->
     asgiserve.run(traced.app, name="traced", route_prefix="/traced")
     response = http.get("/traced", headers={"traceparent": "00-nothex-bad-01"})
     assert response.status_code == 200
-    server = by_name(traced.finished(), "GET /traced")
+    server = server_span("GET /traced")
     assert server["parent_id"] is None
     assert tracing.TRACEPARENT.fullmatch(b"00-" + b"a" * 32 + b"-" + b"b" * 16 + b"-01")

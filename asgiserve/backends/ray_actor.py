@@ -14,7 +14,7 @@ from typing import Any
 import ray
 from starlette.types import Message
 
-from asgiserve import registry
+from asgiserve import logs, registry
 from asgiserve.backends.base import RESULT, Call
 from asgiserve.backends.wire import REDUCERS, remote_error
 from asgiserve.exceptions import RequestCancelledError
@@ -119,6 +119,7 @@ class ReplicaActor:
         self.error: BaseException | None = None
         try:
             spec = load_spec(spec_data)
+            logs.set_up_replica(spec.config.logging_config)
             self.name = f"{spec.deployment_name} replica {spec.replica_id}"
             self.runtime = ReplicaRuntime(spec)
         except BaseException as exc:

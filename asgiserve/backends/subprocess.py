@@ -33,7 +33,8 @@ EXIT_WAIT_S = 5.0
 
 
 def forward_output(stream: IO[bytes], prefix: str) -> None:
-    """Replica output (print, logging) goes to our stderr, each line marked with its replica."""
+    """Replica output (print, logging) goes to our stderr, each line marked with its replica
+    (unless its lines are JSON)."""
     for line in iter(stream.readline, b""):
         sys.stderr.write(prefix + line.decode(errors="replace"))
         sys.stderr.flush()
@@ -81,9 +82,12 @@ class SubprocessReplica(Replica):
         theirs.close()
         self.name = f"replica {self.replica_id} (pid {self.process.pid})"
         assert self.process.stdout is not None
+        json_lines = spec.config.logging_config and spec.config.logging_config.encoding == "JSON"
+        # A JSON line names its replica itself, and a mark would make it no JSON.
+        mark = "" if json_lines else f"({spec.deployment_name} {self.name}) "
         threading.Thread(
             target=forward_output,
-            args=(self.process.stdout, f"({spec.deployment_name} {self.name}) "),
+            args=(self.process.stdout, mark),
             name=f"asgiserve-output-{self.process.pid}",
             daemon=True,
         ).start()

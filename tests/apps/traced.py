@@ -16,11 +16,14 @@ import asgiserve
 
 @functools.cache
 def exporter() -> InMemorySpanExporter:
-    """This process's spans (the test's, a worker's or an actor's), set up once."""
+    """This process's spans (the test's, a worker's or an actor's), set up once; added to
+    the provider already set, if any (a process gets one: docs/monitoring.md sets one)."""
     found = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
     provider.add_span_processor(SimpleSpanProcessor(found))
-    trace.set_tracer_provider(provider)
     return found
 
 
