@@ -30,15 +30,27 @@ def otel() -> ModuleType | None:
         from opentelemetry import trace
     except ImportError:
         return None
+    trace.get_tracer_provider()  # sets up one named by OTEL_PYTHON_TRACER_PROVIDER, if any
     return trace
 
 
+UNKNOWN = object()
+
+
 def recording() -> bool:
-    """Whether spans made now go anywhere: the API is installed and a provider is set."""
+    """Whether spans made now go anywhere: the API is installed and a provider is set.
+
+    Asked on every request, so it reads the API's own global, which `set_tracer_provider`
+    sets once: `get_tracer_provider()` costs about a microsecond, more than a noop
+    request's share (`otel` calls it once, which loads a provider named in the environment).
+    """
     trace = otel()
-    return trace is not None and not isinstance(
-        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
-    )
+    if trace is None:
+        return False
+    provider = getattr(trace, "_TRACER_PROVIDER", UNKNOWN)
+    if provider is UNKNOWN:  # a version of the API without it
+        provider = trace.get_tracer_provider()
+    return provider is not None and not isinstance(provider, trace.NoOpTracerProvider)
 
 
 def carrier(traceparent: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import subprocess
 import textwrap
 import time
@@ -23,6 +24,7 @@ from tests.test_hosting import LOG_PREFIX, command_line, running
 
 LOGGED_APP = """
 import logging
+import re
 import asgiserve
 
 log = logging.getLogger("mine")
@@ -198,3 +200,59 @@ def test_text_lines_have_a_time_and_a_level(project: Path, server: str) -> None:
     ready_lines = [line for line in command.raw if "Ready at" in line]
     assert ready_lines and LOG_PREFIX.match(ready_lines[0]), ready_lines
     assert " INFO asgiserve " in ready_lines[0]
+
+
+model_log = logging.getLogger("model")
+
+
+@asgiserve.deployment
+class Model:
+    """The deployment of docs/backends.md's log samples."""
+
+    def __init__(self) -> None:
+        model_log.info("loaded weights")
+
+    def __call__(self) -> str:
+        model_log.info("predicting")
+        return "ok"
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def sample_pattern(sample: str) -> re.Pattern[str]:
+    """A docs log sample as a pattern: its time, pid and request id stand for any."""
+    variable = {
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}": r"[\d-]+ [\d:]+,\d{3}",
+        r"4242": r"\d+",  # the pid
+        r"[0-9a-f]{32}": r"[0-9a-f]{32}",
+    }
+    pieces = re.split("(" + "|".join(variable) + ")", sample)
+    pattern = ""
+    for index, piece in enumerate(pieces):
+        if index % 2 == 0:
+            pattern += re.escape(piece)
+        else:
+            pattern += next(v for k, v in variable.items() if re.fullmatch(k, piece))
+    return re.compile(pattern)
+
+
+def test_the_docs_log_samples_are_what_workers_print(
+    backend: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    if backend == "inprocess":
+        pytest.skip("in-process replicas log through the server's own set-up")
+    docs = (Path(__file__).parent.parent / "docs" / "backends.md").read_text()
+    samples = re.findall(r"^\s*`?(\(Model replica .*?)`?\.?$", docs, flags=re.M)
+    mark = "(pid " if backend == "subprocess" else "pid="
+    mine = [sample for sample in samples if mark in sample]
+    assert mine, f"docs/backends.md shows no {backend} log sample"
+    handle = asgiserve.run(Model.bind(), name="model", route_prefix=None)
+    assert handle.remote().result() == "ok"
+    seen: list[str] = []
+
+    def all_shown() -> bool:
+        seen.extend(ANSI.sub("", line) for line in capfd.readouterr().err.splitlines())
+        return all(any(sample_pattern(s).fullmatch(line) for line in seen) for s in mine)
+
+    eventually(all_shown, f"lines like {mine} among what the workers printed", timeout_s=30)
