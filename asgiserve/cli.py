@@ -224,7 +224,10 @@ def make_parser() -> argparse.ArgumentParser:
         dest="status_routes",
         action="store_false",
         default=None,
-        help="do not answer GET /-/healthz, /-/routes and /-/status (default: answer them)",
+        help=(
+            "do not answer GET /-/healthz, /-/routes, /-/status and /-/metrics "
+            "(default: answer them)"
+        ),
     )
     return parser
 

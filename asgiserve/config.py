@@ -165,7 +165,7 @@ class HTTPOptions:
     after SIGTERM or SIGINT; `body_timeout_s` how long a request body may stop arriving
     before the request ends with 408; `max_body_size` the largest request body, in bytes,
     past which the answer is 413; `uds` a Unix socket path to listen on; `status_routes`
-    switches the router's `/-/healthz`, `/-/routes` and `/-/status` on or off;
+    switches the router's `/-/healthz`, `/-/routes`, `/-/status` and `/-/metrics` on or off;
     `ssl_keyfile` and `ssl_certfile` (both or neither) serve HTTPS; `proxy_headers` takes
     the client's address and scheme from `X-Forwarded-For` and `X-Forwarded-Proto` when the
     connection comes from one of `forwarded_allow_ips` (comma-separated, `*` for any), as
