@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
+import signal
 import subprocess
 import textwrap
 import time
@@ -24,7 +26,9 @@ from tests.test_hosting import LOG_PREFIX, command_line, running
 
 LOGGED_APP = """
 import logging
+import os
 import re
+import signal
 import asgiserve
 
 log = logging.getLogger("mine")
@@ -180,6 +184,30 @@ def test_an_actors_json_lines_stay_json(backend: str, capfd: pytest.CaptureFixtu
     line = json.loads(found[0][found[0].index("{"):])
     assert line["request_id"] == request_id and line["deployment"] == "JSONLogged"
     assert line["level"] == "INFO" and line["logger"] == "tests.replica"
+
+
+@pytest.mark.slow
+def test_a_local_ray_started_by_the_command_forwards_its_actors_lines(project: Path) -> None:
+    """`asgiserve run --backend ray` with no cluster starts Ray from its deploy thread; Ray
+    must outlive that thread (its daemons die with the thread that started them)."""
+    pytest.importorskip("ray")
+    port = free_port()
+    argv = command_line("logged:app", "--port", str(port), "--backend", "ray")
+    err = project / "err"
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    with err.open("w") as stderr:
+        process = subprocess.Popen(argv, cwd=project, stdout=subprocess.DEVNULL,
+                                   stderr=stderr, env=env)  # fmt: skip
+        try:
+            eventually(lambda: ready(port), "the server ready", timeout_s=120)
+            for _ in range(3):
+                assert httpx.get(f"http://127.0.0.1:{port}/").text == "logged"
+            eventually(lambda: err.read_text().count("a line from the replica") == 3,
+                       "the actor's lines at the server", timeout_s=30)  # fmt: skip
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
+    assert "Finished server process" in err.read_text()  # a graceful stop, not a kill
 
 
 def ready(port: int) -> bool:

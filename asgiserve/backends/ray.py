@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -271,6 +272,29 @@ class RayReplica(Replica):
 watcher: subprocess.Popen[bytes] | None = None
 
 
+def init_in_lasting_thread(options: dict[str, Any]) -> None:
+    """`ray.init` from a thread that lives as long as the process.
+
+    A local Ray's daemons get a parent-death signal (PR_SET_PDEATHSIG), which Linux sends
+    when the *thread* that started them ends: started from a deploy thread (`asgiserve run`
+    deploys in one), the local Ray died once the deploy was done, its log forwarding with it.
+    """
+    started: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def keep() -> None:
+        try:
+            ray.init(**options)
+        except BaseException as exc:
+            started.set_exception(exc)
+            return
+        started.set_result(None)
+        while ray.is_initialized():  # until `asgiserve.shutdown()` or the process's end
+            time.sleep(1)
+
+    threading.Thread(target=keep, name="asgiserve-ray", daemon=True).start()
+    started.result()
+
+
 def watch_local_ray() -> None:
     """A Ray this process started stops with it, even when it is killed (`ray_watch`)."""
     global watcher
@@ -351,9 +375,12 @@ class RayBackend(Backend):
                 return
             main = threading.current_thread() is threading.main_thread()
             handler = signal.getsignal(signal.SIGTERM) if main else None
-            ray.init(address=self.address, log_to_driver=True, **self.init_options)
-            if main:  # ray.init replaces it; the web server's own must stay
-                signal.signal(signal.SIGTERM, handler)
+            options = {"address": self.address, "log_to_driver": True, **self.init_options}
+            if main:
+                ray.init(**options)
+                signal.signal(signal.SIGTERM, handler)  # ray.init replaces it; ours must stay
+            else:
+                init_in_lasting_thread(options)
             self.started_ray = True
             watch_local_ray()  # ends only what this process started: its descendants
             register_serializers()
