@@ -283,6 +283,13 @@ def test_application_target_progress_healthz_and_routes(project: Path, server: s
         "model: 1/2 replicas ready",
         "model: 2/2 replicas ready",
     ]
+    # docs/deploying.md shows these lines as they are written: time, level, logger, message.
+    docs = (ROOT / "docs" / "deploying.md").read_text()
+    shown = [line for line in docs.splitlines() if LOG_PREFIX.match(line) and "ready" in line]
+    shown = [line for line in shown if "replicas ready" in line]
+    assert [LOG_PREFIX.sub("", line) for line in shown] == progress[-3:]
+    written = [line for line in command.raw if "replicas ready" in line]
+    assert all(LOG_PREFIX.match(line) and " INFO asgiserve model:" in line for line in written)
     assert f"Ready at {command.url}" in command.lines
     assert f"  model at {command.url}/m" in command.lines
 
