@@ -19,7 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from asgiserve import config_file
+from asgiserve import config_file, logs
 from asgiserve.extras import install_hint
 from asgiserve.host import RunSpec, say
 from asgiserve.preflight import PreflightError, installed
@@ -78,6 +78,7 @@ def supervise(spec: RunSpec, argv: list[str], watch: tuple[list[str], set[str]])
     import watchfiles
 
     folders, files = watch
+    logs.set_up_server(spec.http)  # its own lines in the server's format too
     stopped = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
