@@ -104,6 +104,10 @@ MODELS_LOADED = family(
 )
 
 
+# Counters that are a histogram's count: recorded once, in the histogram, on the hot path.
+COUNTED_BY = {HTTP_LATENCY.name: HTTP_REQUESTS, PROCESSING_LATENCY.name: REPLICA_REQUESTS}
+
+
 class Value:
     """A counter's or a gauge's one number."""
 
@@ -163,7 +167,14 @@ class Recorder:
         return found
 
     def snapshot(self) -> Snapshot:
-        return dict(self.families), [(k[0], k[1], s.data()) for k, s in list(self.series.items())]
+        families = dict(self.families)
+        series = [(k[0], k[1], s.data()) for k, s in list(self.series.items())]
+        for (name, labels), found in list(self.series.items()):  # counts kept once, as
+            counted = COUNTED_BY.get(name)  # a histogram's, are also counters of their own
+            if counted is not None and isinstance(found, Buckets):
+                families[counted.name] = counted
+                series.append((counted.name, labels, float(sum(found.counts))))
+        return families, series
 
 
 def enabled() -> bool:
@@ -310,23 +321,15 @@ class HTTPMeter:
 
     def __init__(self, into: Recorder = process) -> None:
         self.into = into
-        self.answered: dict[tuple[str, str, str, int], tuple[Value, Buckets]] = {}
-        self.ongoing: dict[str, Value] = {}
-
-    def ongoing_for(self, app_name: str) -> Value:
-        found = self.ongoing.get(app_name)
-        if found is None:
-            found = self.ongoing[app_name] = self.into.get(ONGOING_HTTP, (app_name,))
-        return found
+        self.answered: dict[tuple[str, str, str, int], Buckets] = {}
 
     def answer(self, app_name: str, route: str, method: str, status: int, ms: float) -> None:
         if method not in METHODS:
             method = "OTHER"
         key = (app_name, route, method, status)
-        pair = self.answered.get(key)
-        if pair is None:
+        found = self.answered.get(key)
+        if found is None:
             labels = (app_name, route, method, str(status) if status else "")
-            pair = (self.into.get(HTTP_REQUESTS, labels), self.into.get(HTTP_LATENCY, labels))
-            self.answered[key] = pair
-        pair[0].value += 1
-        pair[1].observe(ms)
+            found = self.answered[key] = self.into.get(HTTP_LATENCY, labels)
+        found.counts[bisect.bisect_left(found.bounds, ms)] += 1  # `observe`, without a call
+        found.sum += ms

@@ -44,6 +44,7 @@ async def samples(apps: list[registry.RunningApp]) -> list[Snapshot]:
     gauges = metrics.Recorder()
     replicas: list[Replica] = []
     for app in apps:
+        gauges.get(metrics.ONGOING_HTTP, (app.name,)).set(app.http_ongoing)
         for name, scheduler in list(app.schedulers.items()):
             labels = (app.name, name)
             gauges.get(metrics.QUEUED, labels).set(len(scheduler.waiters))

@@ -32,6 +32,7 @@ class RunningApp:
     ingress: str
     schedulers: dict[str, Scheduler] = field(default_factory=dict)
     deploying: bool = False  # `run()` is still building its replicas
+    http_ongoing: int = 0  # HTTP requests the router is answering for it now (`/-/metrics`)
 
     def each_ready(self) -> dict[str, tuple[int, int]]:
         """Replicas built and alive, and replicas wanted, by deployment."""

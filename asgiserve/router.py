@@ -326,15 +326,13 @@ class Router:
             await work
             return
         started = time.perf_counter()
-        if meter is not None:
-            ongoing = meter.ongoing_for(app.name)
-            ongoing.value += 1
+        app.http_ongoing += 1
         try:
             await work
         finally:
+            app.http_ongoing -= 1
             elapsed_ms = (time.perf_counter() - started) * 1000
             if meter is not None:
-                ongoing.value -= 1
                 meter.answer(app.name, route.prefix, method, exchange.status, elapsed_ms)
         if logged:
             access_log.info(
