@@ -11,7 +11,6 @@ imported and the header is passed on as it came.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,18 +22,22 @@ TRACEPARENT = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 TRACER_NAME = "asgiserve"
 
 
-@functools.cache
+api: ModuleType | None = None  # OpenTelemetry's trace API, once `otel` has found it
+looked = False
+
+
 def otel() -> ModuleType | None:
     """OpenTelemetry's trace API, if installed (imported on first use: it is not light)."""
-    try:
-        from opentelemetry import trace
-    except ImportError:
-        return None
-    trace.get_tracer_provider()  # sets up one named by OTEL_PYTHON_TRACER_PROVIDER, if any
-    return trace
-
-
-UNKNOWN = object()
+    global api, looked
+    if not looked:
+        looked = True
+        try:
+            from opentelemetry import trace
+        except ImportError:
+            return None
+        trace.get_tracer_provider()  # sets up one named by OTEL_PYTHON_TRACER_PROVIDER, if any
+        api = trace
+    return api
 
 
 def recording() -> bool:
@@ -42,15 +45,17 @@ def recording() -> bool:
 
     Asked on every request, so it reads the API's own global, which `set_tracer_provider`
     sets once: `get_tracer_provider()` costs about a microsecond, more than a noop
-    request's share (`otel` calls it once, which loads a provider named in the environment).
+    request's share.
     """
-    trace = otel()
+    trace = api if looked else otel()
     if trace is None:
         return False
-    provider = getattr(trace, "_TRACER_PROVIDER", UNKNOWN)
-    if provider is UNKNOWN:  # a version of the API without it
+    provider = getattr(trace, "_TRACER_PROVIDER", trace)  # the module: an API without it
+    if provider is None:
+        return False
+    if provider is trace:
         provider = trace.get_tracer_provider()
-    return provider is not None and not isinstance(provider, trace.NoOpTracerProvider)
+    return not isinstance(provider, trace.NoOpTracerProvider | trace.ProxyTracerProvider)
 
 
 def carrier(traceparent: str) -> dict[str, str]:
