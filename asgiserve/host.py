@@ -274,6 +274,7 @@ class Host:
         except BaseException:
             self.progress.stop()
             raise
+        logs.set_up_root(spec.http)
 
     def load(self, spec: RunSpec) -> None:
         if config_file.is_config_file(spec.target):

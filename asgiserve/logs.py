@@ -142,6 +142,15 @@ def set_up_server(options: HTTPOptions) -> None:
         set_up(logging.getLogger(name), encoding, access_level, sys.stdout)
 
 
+def set_up_root(options: HTTPOptions) -> None:
+    """The root logger, for the app's own lines (in-process replicas' among them), as in
+    worker processes; unless the app set logging up itself when it was imported."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler(options.log_format.upper()))
+        root.setLevel(options.log_level.upper())
+
+
 def set_up_replica(config: LoggingConfig | None) -> None:
     """A worker process's or actor's lines, as its deployment's `logging_config` says."""
     chosen = config or LoggingConfig()

@@ -43,8 +43,14 @@ def logged() -> str:
 def silent() -> str:
     return "silent"
 
+@asgiserve.deployment
+def talkative() -> str:
+    log.info("said in-process")
+    return "talked"
+
 app = logged.bind()
 quiet = silent.bind()
+talk = talkative.bind()
 """
 
 
@@ -215,6 +221,20 @@ def ready(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/-/healthz").status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_in_process_replicas_own_lines_have_the_same_fields(project: Path) -> None:
+    """On the default backend too, the app's `logging` calls get asgiserve's format."""
+    with running(project, "logged:talk") as command:
+        command.wait_until_ready()
+        response = httpx.get(command.url)
+        assert response.text == "talked"
+        command.wait_for_line("said in-process")
+        assert command.stop() == 0
+    said = [line for line in command.raw if "said in-process" in line]
+    request_id = response.headers["x-request-id"]
+    assert len(said) == 1 and LOG_PREFIX.match(said[0]), said
+    assert f"[default talkative default#talkative#1 {request_id}] said in-process" in said[0]
 
 
 @pytest.mark.parametrize("server", ["uvicorn", "hypercorn"])
