@@ -24,6 +24,7 @@ from typing import Any
 
 from asgiserve import metrics, registry
 from asgiserve.backends.base import Replica
+from asgiserve.backends.ray_watch import alive
 from asgiserve.metrics import Family, Snapshot
 
 logger = logging.getLogger("asgiserve")
@@ -190,22 +191,12 @@ def others_files() -> list[Snapshot]:
         pid = int(path.stem) if path.stem.isdigit() else 0
         if pid == os.getpid():
             continue
-        if not alive(pid):
+        if pid == 0 or not alive(pid):  # not a process's file, or its process is gone
             path.unlink(missing_ok=True)
             continue
         with contextlib.suppress(OSError, ValueError, KeyError):
             found.append(from_json(path.read_text()))
     return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
 
 
 def start_writing(apps: Callable[[], list[registry.RunningApp]]) -> asyncio.Task[None] | None:

@@ -168,8 +168,11 @@ class RayReplica(Replica):
         self.name = name  # the actor's: the replica id, then a fingerprint of its code
         self.replica_id = name.partition("@")[0]
         self.maker = maker
-        self.shared = maker is None
         self.dead = False
+
+    @property
+    def shared(self) -> bool:  # type: ignore[override] # made by another server: theirs
+        return self.maker is None
 
     def died(self, exc: BaseException) -> ReplicaDiedError:
         self.dead = True
