@@ -215,17 +215,19 @@ def test_autoscaling_follows_a_load_step(backend: str) -> None:
     assert deployment_status("elastic", "Elastic")["target_replicas"] == 1
 
     async def load(seconds: float) -> set[str]:
+        """Until every replica the load calls for has served, or `seconds` (a busy machine
+        starts Ray actors slowly)."""
         served: set[str] = set()
         end = time.monotonic() + seconds
 
         async def one() -> None:
-            while time.monotonic() < end:
+            while time.monotonic() < end and len(served) < 4:
                 served.add(await handle.remote())
 
         await asyncio.gather(*(one() for _ in range(32)))
         return served
 
-    served = asyncio.run(load(4.0))
+    served = asyncio.run(load(20.0))
     assert len(served) == 4, served  # every replica took requests
     up = deployment_status("elastic", "Elastic")
     assert up["autoscaling"]["last_decision"]["to"] == 4

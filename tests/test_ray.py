@@ -94,6 +94,81 @@ def test_replicas_are_named_actors_and_a_killed_one_fails_only_its_requests(
     assert "where#Where#1" not in named_actors("where#")
 
 
+@asgiserve.deployment(max_ongoing_requests=50)
+class Neighbours:
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    async def __call__(self, request: Request) -> dict[str, str]:
+        try:
+            await asyncio.sleep(float(request.query_params["sleep"]))
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return {"id": request.query_params["id"]}
+
+    def count_cancelled(self) -> int:
+        return self.cancelled
+
+    def echo(self, value: int) -> int:
+        return value
+
+    def unpicklable(self) -> Any:
+        return sys._getframe()  # a frame: no pickler can ship it
+
+
+@pytest.fixture
+def sent_together(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many calls each actor call carried, as the server's links sent them."""
+    from asgiserve.backends.ray_link import Link
+
+    sizes: list[int] = []
+    flush = Link.flush
+
+    def counted(self: Link) -> None:
+        if self.ready:
+            sizes.append(len(self.ready))
+        flush(self)
+
+    monkeypatch.setattr(Link, "flush", counted)
+    return sizes
+
+
+def test_requests_sent_in_one_actor_call_still_end_alone(
+    client: httpx.Client, live: LiveServer, sent_together: list[int]
+) -> None:
+    asgiserve.run(Neighbours.bind(), name="neighbours", route_prefix="/n", backend="ray")
+
+    async def requests() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
+            leaving = asyncio.ensure_future(http.get("/n", params={"sleep": 60, "id": "x"}))
+            quick = [http.get("/n", params={"sleep": 0, "id": str(n)}) for n in range(20)]
+            slow = [http.get("/n", params={"sleep": 1, "id": str(n)}) for n in range(20)]
+            started = time.monotonic()
+            answers = await asyncio.gather(*quick)
+            assert time.monotonic() - started < 0.9  # none of them waited for a slow one
+            await asyncio.sleep(0.3)
+            leaving.cancel()  # its client goes away: its call alone is cancelled
+            return answers + list(await asyncio.gather(*slow))
+
+    answers = asyncio.run(requests())
+    assert [a.json()["id"] for a in answers] == [str(n) for n in range(20)] * 2
+    assert max(sent_together) > 1  # requests did travel together
+    handle = asgiserve.get_app_handle("neighbours")
+    assert eventually(lambda: handle.count_cancelled.remote().result() == 1)
+
+    async def calls() -> list[Any]:
+        echoes = [handle.echo.remote(n) for n in range(10)]
+        bad = handle.unpicklable.remote()
+        return await asyncio.gather(*echoes, bad, return_exceptions=True)
+
+    sent_together.clear()
+    *echoes, bad = asyncio.run(calls())
+    assert sent_together == [11]  # one actor call for the eleven
+    assert echoes == list(range(10))  # the value that cannot be pickled failed alone
+    assert isinstance(bad, Exception) and "cannot be pickled" in str(bad)
+
+
 @asgiserve.deployment(
     ray_actor_options={
         "num_cpus": 0.5,

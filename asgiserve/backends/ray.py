@@ -1,18 +1,21 @@
 """Replicas as Ray actors, placed by Ray anywhere in a cluster.
 
 Each replica is one actor wrapping the same `ReplicaRuntime`. The server calls its actors
-directly (no proxy actor in between), with the ASGI exchange stretched over two methods:
+directly (no proxy actor in between), with the ASGI exchange stretched over actor calls:
 
-    begin(key, call, first)  a plain actor call: runs the call and returns its first
-                             messages, which for a small request is the whole response
-    more(key)                a streaming generator: the rest of a streaming response or
-                             of a handle's stream, each batch as soon as it is produced
+    begin(calls)       the calls this server had ready for the actor in one turn of its
+                       loop, each with its first `receive()` message; returns as soon as
+                       one has news, with the news of all: small responses whole
+    more(keys)         a streaming generator: the rest of the calls `begin` left running
+                       (streams, WebSockets, slower handlers), news as it comes
+                       (`ray_link` sends both and hands the news out)
+    deliver(key, msg)  the answer to a replica's second `receive()` (a streamed body, a
+                       WebSocket): the replica sends a PULL marker, the server answers
+    cancel(key)        cancel one call, returning once the user's code has stopped
 
 `key` is a secret the server makes per call, so no client can reach another's messages.
-
-When the replica awaits `receive()` a second time (a streamed body, a WebSocket), it sends
-a PULL marker and the server answers with `deliver`. Cancelling the caller's task
-`ray.cancel`s the call, which raises `CancelledError` in the user's handler.
+Cancelling the caller's task cancels its call alone, raising `CancelledError` in the
+user's handler, whatever other calls travel in the same actor call.
 
 Actors are named by replica id and a fingerprint of the code and options they run, in the
 `asgiserve` namespace, so servers that deploy the same application on one cluster share
@@ -36,6 +39,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from typing import Any
 
 from starlette.types import Message, Receive, Send
@@ -57,6 +61,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from asgiserve.backends.ray_actor import PULL, ReplicaActor, register_serializers
 from asgiserve.backends.ray_board import RayDecider
+from asgiserve.backends.ray_link import Link
 
 logger = logging.getLogger("asgiserve")
 
@@ -169,6 +174,9 @@ class RayReplica(Replica):
         self.replica_id = name.partition("@")[0]
         self.maker = maker
         self.dead = False
+        self.links: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Link] = (
+            weakref.WeakKeyDictionary()
+        )
 
     @property
     def shared(self) -> bool:  # type: ignore[override] # made by another server: theirs
@@ -181,6 +189,14 @@ class RayReplica(Replica):
     def was_dead(self) -> ReplicaDiedError:
         """For a call that never reached the actor: safe to try on another replica."""
         return ReplicaDiedError(f"replica {self.replica_id} (a Ray actor) died", sent=False)
+
+    def link(self) -> Link:
+        """This loop's link to the actor (a handle's synchronous callers use another loop)."""
+        loop = asyncio.get_running_loop()
+        link = self.links.get(loop)
+        if link is None:
+            link = self.links[loop] = Link(self.actor, self.died)
+        return link
 
     async def handle(self, call: Call, receive: Receive, send: Send) -> None:
         if self.dead:
@@ -207,38 +223,29 @@ class RayReplica(Replica):
     async def exchange(
         self, key: str, call: Call, first: Message | None, send: Send, pulls: Pulls
     ) -> None:
-        pending: Any = self.actor.begin.remote(key, call, first)
+        link = self.link()
+        inbox = link.send(key, call, first)
         try:
-            messages, done, error = await pending
-            pending = None
-            await forward(messages, send, pulls)
-            if not done:
-                pending = self.actor.more.options(num_returns="streaming").remote(key)
-                async for ref in pending:
-                    messages, done, error = await ref
-                    await forward(messages, send, pulls)
-                pending = None
+            while True:
+                messages, done, error = await inbox.get()
+                await forward(messages, send, pulls)
+                if done:
+                    break
         except asyncio.CancelledError:
-            await self.cancel(key, pending)
+            if not link.unsent(key):
+                await self.cancel(key)
             raise
-        except RayActorError as exc:
-            raise self.died(exc) from None
+        finally:
+            link.forget(key)
         if error is not None:
             raise error
 
-    async def cancel(self, key: str, pending: Any) -> None:
-        """`ray.cancel` the call, then hold our slot until the user's code has stopped."""
-        if pending is not None:
-            # Not recursive: the handler's own calls are cancelled by asyncio, as on every
-            # backend, so that what it shields from the cancel (asyncio.shield) goes on.
-            ray.cancel(pending, recursive=False)
-            with contextlib.suppress(Exception):
-                if isinstance(pending, ray.ObjectRefGenerator):
-                    async for _ in pending:
-                        pass
-                else:
-                    await pending
-        # The call may have been between two actor calls, where ray.cancel cannot reach it.
+    async def cancel(self, key: str) -> None:
+        """Cancel the call, and hold our slot until the user's code has stopped.
+
+        Not recursive: the handler's own calls are cancelled by asyncio, as on every
+        backend, so that what it shields from the cancel (asyncio.shield) goes on.
+        """
         with contextlib.suppress(Exception):
             await self.actor.cancel.remote(key)
 
@@ -456,9 +463,11 @@ class RayBackend(Backend):
         self, spec: ReplicaSpec, name: str, spec_data: bytes
     ) -> tuple[Any, str, BaseException | None]:
         options = dict(spec.config.ray_actor_options or {})
-        actor = actor_class().options(
-            name=name, namespace=NAMESPACE, get_if_exists=True, **options
-        ).remote(self.owner, RayUpstream, worker_path(), spec_data)
+        actor = (
+            actor_class()
+            .options(name=name, namespace=NAMESPACE, get_if_exists=True, **options)
+            .remote(self.owner, RayUpstream, worker_path(), spec_data)
+        )
         try:
             owner, error = ray.get(actor.ready.remote())
         except RayActorError as exc:

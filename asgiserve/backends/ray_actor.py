@@ -15,15 +15,19 @@ import ray
 from starlette.types import Message
 
 from asgiserve import logs, registry
-from asgiserve.backends.base import RESULT, Call
-from asgiserve.backends.wire import REDUCERS, remote_error
+from asgiserve.backends.base import ITEM, RESULT, Call
+from asgiserve.backends.wire import REDUCERS, dumps, remote_error
 from asgiserve.exceptions import RequestCancelledError
 from asgiserve.replica import ReplicaRuntime, drain
 from asgiserve.shipping import load_spec
 
 PULL = "asgiserve.pull"  # the replica awaits `receive()`: the server answers with `deliver`
 
-Batch = tuple[list[Message], bool, BaseException | None]  # messages, finished, error
+# One call's news: its key, then its messages, finished, error; or, where they hold user
+# values (results, stream items, errors), the pickle of (messages, error), finished.
+Entry = tuple[str, list[Message] | bytes, bool, BaseException | None]
+USER_VALUES = (RESULT, ITEM)
+CANCELLED_KEPT = 1024  # keys cancelled before their call began, kept until it does
 
 
 def rebuild(reduced: tuple[Any, tuple[Any, ...]]) -> Any:
@@ -40,11 +44,19 @@ def register_serializers() -> None:
 class Exchange:
     """One call running in a replica; its outgoing messages wait here for the server."""
 
-    def __init__(self, runtime: ReplicaRuntime, call: Call, first: Message | None) -> None:
+    def __init__(
+        self,
+        runtime: ReplicaRuntime,
+        key: str,
+        call: Call,
+        first: Message | None,
+        changed: Callable[[Exchange], None],
+    ) -> None:
+        self.key = key
         self.request_id = call.request_id
         self.first = first
         self.outbox: list[Message] = []
-        self.changed = asyncio.Event()
+        self.changed = changed  # tells the batch it runs in that it may have news
         self.inbox: asyncio.Future[Message] | None = None
         self.error: BaseException | None = None
         self.task = asyncio.ensure_future(self.run(runtime, call))
@@ -57,7 +69,7 @@ class Exchange:
         except BaseException as exc:
             self.error = remote_error(exc, f"replica {runtime.replica_id}")
         finally:
-            self.changed.set()
+            self.changed(self)
 
     async def receive(self) -> Message:
         if self.first is not None:
@@ -69,7 +81,7 @@ class Exchange:
 
     async def send(self, message: Message) -> None:
         self.outbox.append(message)
-        self.changed.set()
+        self.changed(self)
 
     def worth_sending(self) -> bool:
         """Done, or holding a message the server should have now.
@@ -81,22 +93,58 @@ class Exchange:
             return True
         return bool(self.outbox) and self.outbox[-1]["type"] not in ("http.response.start", RESULT)
 
-    async def batch(self) -> Batch:
-        while not self.worth_sending():
-            self.changed.clear()
-            await self.changed.wait()
+    def take(self) -> Entry:
+        """What the server gets now: the messages so far and, once done, how it ended."""
         messages, self.outbox = self.outbox, []
         if not self.task.done():
-            return messages, False, None
-        if self.task.cancelled():  # by the replica's shutdown: the caller did not ask for it
-            return messages, True, RequestCancelledError(f"call {self.request_id} was cancelled")
-        return messages, True, self.error
+            return self.key, messages, False, None
+        if self.task.cancelled():  # by the replica's shutdown or the server's `cancel`
+            error = RequestCancelledError(f"call {self.request_id} was cancelled")
+            return self.key, messages, True, error
+        if self.error is None and not any(message["type"] in USER_VALUES for message in messages):
+            return self.key, messages, True, None
+        return self.key, pickled(messages, self.error, self.request_id), True, None
 
     async def cancel(self) -> None:
         """Cancel the user's code and wait until it has really stopped."""
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait((self.task,))
+
+
+def pickled(messages: list[Message], error: BaseException | None, request_id: str) -> bytes:
+    """User values, pickled here rather than by Ray: one that cannot be pickled fails its
+    own call, not every call whose messages travel in the same batch."""
+    try:
+        return dumps((messages, error))
+    except Exception as exc:
+        failure = remote_error(
+            TypeError(f"the result of call {request_id} cannot be pickled: {exc}"), "a replica"
+        )
+        return dumps(([], failure))
+
+
+class Batch:
+    """The calls of one `run`: whichever has news is taken at the next look."""
+
+    def __init__(self) -> None:
+        self.news: dict[str, Exchange] = {}
+        self.woken = asyncio.Event()
+
+    def changed(self, exchange: Exchange) -> None:
+        self.news[exchange.key] = exchange
+        self.woken.set()
+
+    async def ready(self) -> list[Entry]:
+        while True:
+            news = self.news.values()
+            entries = [exchange.take() for exchange in news if exchange.worth_sending()]
+            if entries:
+                for entry in entries:
+                    del self.news[entry[0]]
+                return entries
+            self.woken.clear()
+            await self.woken.wait()
 
 
 class ReplicaActor:
@@ -115,6 +163,7 @@ class ReplicaActor:
         self.owner = owner
         self.name = "replica"
         self.exchanges: dict[str, Exchange] = {}
+        self.cancelled: dict[str, bool] = {}  # insertion-ordered: the oldest goes first
         self.started = False
         self.error: BaseException | None = None
         try:
@@ -140,33 +189,55 @@ class ReplicaActor:
             self.started = True
             await self.runtime.start()
 
-    async def begin(self, key: str, call: Call, first: Message | None) -> Batch:
-        """Start a call, known from now on by `key`: a secret of the server's, unique."""
-        exchange = self.exchanges[key] = Exchange(self.runtime, call, first)
-        try:
-            batch = await exchange.batch()
-        except asyncio.CancelledError:
-            await exchange.cancel()
-            raise
-        finally:
-            if exchange.task.done():
-                self.exchanges.pop(key, None)
-        return batch
+    async def begin(self, calls: list[tuple[str, Call, Message | None]]) -> list[Entry]:
+        """Start the calls the server had ready in one turn of its loop; return as soon as
+        one has news, with the news of all: for small requests, their whole responses.
 
-    async def more(self, key: str) -> AsyncIterator[Batch]:
-        exchange = self.exchanges[key]
+        Each call is known from now on by its key: a secret of the server's, unique.
+        """
+        batch = Batch()
+        started = []
+        for key, call, first in calls:
+            if self.cancelled.pop(key, False):
+                continue  # its `cancel` came first (Ray does not keep an async actor's order)
+            exchange = self.exchanges[key] = Exchange(self.runtime, key, call, first, batch.changed)
+            started.append(exchange)
         try:
-            while True:
-                batch = await exchange.batch()
-                yield batch
-                if batch[1]:
-                    return
-        except asyncio.CancelledError:
-            await exchange.cancel()
+            return self.ended(await batch.ready())
+        except asyncio.CancelledError:  # its caller is gone (`ray.cancel`, a dead owner)
+            self.abandon(started)
             raise
-        finally:
-            if exchange.task.done():
+
+    @ray.method(num_returns="streaming")
+    async def more(self, keys: list[str]) -> AsyncIterator[list[Entry]]:
+        """The rest of the calls `begin` returned before they ended (streams, WebSockets,
+        slower handlers), whichever has news, as it comes, until all have ended."""
+        batch = Batch()
+        running = {key: self.exchanges[key] for key in keys if key in self.exchanges}
+        for exchange in running.values():
+            exchange.changed = batch.changed
+            batch.changed(exchange)  # what it sent since `begin` returned
+        try:
+            while running:
+                entries = self.ended(await batch.ready())
+                for entry in entries:
+                    if entry[2]:
+                        running.pop(entry[0], None)
+                yield entries
+        finally:  # closed early: its caller is gone, so are the calls' readers
+            self.abandon(list(running.values()))
+
+    def abandon(self, exchanges: list[Exchange]) -> None:
+        for exchange in exchanges:
+            if not exchange.task.done():
+                self.exchanges.pop(exchange.key, None)
+                exchange.task.cancel()
+
+    def ended(self, entries: list[Entry]) -> list[Entry]:
+        for key, _, done, _ in entries:
+            if done:
                 self.exchanges.pop(key, None)
+        return entries
 
     async def deliver(self, key: str, message: Message) -> None:
         exchange = self.exchanges.get(key)
@@ -174,9 +245,14 @@ class ReplicaActor:
             exchange.inbox.set_result(message)
 
     async def cancel(self, key: str) -> None:
-        exchange = self.exchanges.pop(key, None)
-        if exchange is not None:
-            await exchange.cancel()
+        """Cancel a call and return once its code has stopped."""
+        exchange = self.exchanges.get(key)
+        if exchange is None:  # finished, or its `run` has not begun: then it must not
+            self.cancelled[key] = True
+            if len(self.cancelled) > CANCELLED_KEPT:
+                del self.cancelled[next(iter(self.cancelled))]
+            return
+        await exchange.cancel()
 
     async def check_health(self) -> Any:
         return await self.runtime.check_health()
