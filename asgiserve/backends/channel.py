@@ -159,9 +159,14 @@ class Channel(asyncio.BufferedProtocol):
         """Send a frame with the others of this loop turn: one system call for them all.
 
         A worker's response leaves with its END; a busy server's calls leave together,
-        which wakes the worker once for all of them rather than once per call.
+        which wakes the worker once for all of them rather than once per call. A frame of
+        the only call on the channel leaves at once: nothing would join it this turn.
         """
         if self.closed is not None:
+            return
+        if len(self.outgoing) + len(self.incoming) <= 1:
+            self.outbox.extend(encode(frame, plain(frame)))
+            self.flush()
             return
         if not self.outbox:
             assert self.loop is not None
@@ -172,7 +177,7 @@ class Channel(asyncio.BufferedProtocol):
         if self.transport is None:
             return  # still connecting: `connection_made` sends them
         pieces, self.outbox = self.outbox, []
-        if self.closed is not None:
+        if self.closed is not None or not pieces:  # closed, or sent already
             return
         if len(pieces) == 1:
             self.transport.write(pieces[0])
