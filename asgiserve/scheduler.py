@@ -28,7 +28,7 @@ from asgiserve.config import LIVE_OPTIONS, DeploymentConfig
 from asgiserve.context import new_request_id
 from asgiserve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaDiedError
 from asgiserve.handle import never
-from asgiserve.loops import ignore_outcome, on_loop, run_sync, running_loop
+from asgiserve.loops import ignore_outcome, on_loop, run_sync, running_loop, serving_loop
 from asgiserve.multiplex import Placement, models_per_replica
 
 logger = logging.getLogger("asgiserve")
@@ -242,7 +242,7 @@ class Scheduler:
                     f"deployment {self.name!r} has {len(self.waiters)} requests queued, "
                     f"its limit ({self.config.queue_rule}); try again later"
                 )
-            waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[Slot] = serving_loop().create_future()
             self.waiters.append(waiter)
         if not self.slots and self.autoscaler is not None:
             self.autoscaler.poke()  # at zero replicas: one starts for this request
@@ -276,7 +276,7 @@ class Scheduler:
                 if waiter.done():
                     continue
                 loop = waiter.get_loop()
-                if loop is running_loop():
+                if loop is serving_loop():  # cached: Python 3.11 asks getpid() otherwise
                     waiter.set_result(slot)
                     return
                 try:  # a handle's synchronous caller waits on the background loop

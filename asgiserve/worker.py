@@ -23,6 +23,7 @@ from asgiserve.backends.base import RESULT, Call
 from asgiserve.backends.channel import END, Channel, Target
 from asgiserve.backends.wire import read_frame, remote_error, write_frame
 from asgiserve.exceptions import DeploymentUnavailableError
+from asgiserve.loops import serving_loop
 from asgiserve.replica import ReplicaRuntime, drain
 from asgiserve.shipping import load_spec
 
@@ -56,7 +57,7 @@ class Worker:
             if value is not None:
                 await send({"type": RESULT, "value": value})
             return
-        task = asyncio.current_task()
+        task = asyncio.current_task(serving_loop())  # given its loop: no getpid() call
         assert task is not None
         self.calls.add(task)
         try:
@@ -108,7 +109,7 @@ async def serve(sock: socket.socket, spec_data: bytes, max_frame_size: int) -> N
         return
     worker = Worker(runtime)
     name = f"replica {spec.replica_id} (pid {os.getpid()})"
-    channel = Channel(worker.serve, name, 2, batch=True, max_frame_size=max_frame_size)
+    channel = Channel(worker.serve, name, 2, max_frame_size=max_frame_size)
     registry.upstream = lambda app, deployment, version: Upstream(channel, app, deployment)
     write_frame(sock, (0, END, ([], None)))  # ready
     await channel.connect(sock)

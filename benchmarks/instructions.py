@@ -5,8 +5,9 @@
 Each app runs in memory (as in `asgi_bench.py`, concurrency 1) under
 `valgrind --tool=callgrind`, once for a few requests and once for `--requests` more; the
 difference in instructions, divided by the difference in requests, is the cost of one
-request with interpreter start-up and warm-up cancelled out. User-space instructions
-only: system calls and cache misses are not counted. Needs valgrind
+request with interpreter start-up and warm-up cancelled out. Child processes are counted
+too (`--trace-children=yes`): a subprocess-backend app's figure is server plus worker.
+User-space instructions only: system calls and cache misses are not counted. Needs valgrind
 (`apt-get install -y valgrind`); takes about 15 s per app and run.
 """
 
@@ -17,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +39,11 @@ def run_requests(name: str, count: int) -> None:
     async def main() -> None:
         await asgi_bench.worker(app, 50)
         await asgi_bench.worker(app, count)
+        if "asgiserve" in sys.modules:  # workers exit by themselves, so valgrind counts them
+            from asgiserve.backends import subprocess as backend
+
+            backend.EXIT_WAIT_S = 300  # under valgrind a worker takes long to exit
+            await sys.modules["asgiserve"].shutdown_async()
 
     loop = asgi_bench.new_loop()  # uvloop when installed, as in the servers
     try:
@@ -46,16 +53,21 @@ def run_requests(name: str, count: int) -> None:
 
 
 def instructions(name: str, count: int) -> int:
-    """User-space instructions of a whole child process serving `count` requests."""
-    command = [
-        "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-        sys.executable, __file__, "--child", name, str(count),
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
-    if found is None:
-        raise RuntimeError(f"no instruction count in valgrind's output:\n{done.stderr}")
-    return int(found.group(1).replace(",", ""))
+    """User-space instructions of a whole child process serving `count` requests, with
+    the processes it starts (the subprocess backend's workers)."""
+    with tempfile.TemporaryDirectory() as logs:
+        command = [
+            "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+            "--trace-children=yes", f"--log-file={logs}/%p.log",
+            sys.executable, __file__, "--child", name, str(count),
+        ]  # fmt: skip
+        subprocess.run(command, capture_output=True, text=True, check=True)
+        texts = [path.read_text() for path in Path(logs).iterdir()]  # one per process
+    found = [re.search(r"I\s+refs:\s+([\d,]+)", text) for text in texts]
+    if not texts or None in found:
+        raise RuntimeError("a process has no instruction count in valgrind's output:\n"
+                           + "\n".join(texts))  # fmt: skip
+    return sum(int(match.group(1).replace(",", "")) for match in found if match is not None)
 
 
 def per_request(name: str, extra: int) -> float:

@@ -11,7 +11,8 @@ per call:
     END     callee -> caller   finished: trailing messages and the error, if any
     CANCEL  caller -> callee   cancel the callee's task; it still answers END
 
-So a small request is one CALL frame and its response one SEND frame (frames: `wire.py`).
+So a small request is one CALL frame and its response one END frame (frames: `wire.py`);
+the frames of one loop turn leave in one write.
 Large frames are read into memory of their own, so a numpy array that arrives out of band
 is not copied again; that memory grows as the bytes arrive, never on a length's word
 alone, and a frame over `max_frame_size` ends the connection.
@@ -115,12 +116,10 @@ class Channel(asyncio.BufferedProtocol):
         serve: Serve,
         name: str,
         first_id: int,
-        batch: bool = False,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     ) -> None:
         self.serve = serve
         self.name = name
-        self.batch = batch
         self.max_frame_size = max_frame_size
         self.ids = itertools.count(first_id, 2)  # the two ends use odd and even ids
         self.outgoing: dict[int, Outgoing] = {}
@@ -157,14 +156,15 @@ class Channel(asyncio.BufferedProtocol):
     # -- writing ---------------------------------------------------------------------
 
     def write(self, frame: Any) -> None:
-        """Send a frame now, or with the others of this loop turn when `batch` is set.
+        """Send a frame with the others of this loop turn: one system call for them all.
 
-        The server sends at once, so a worker starts on a call while the server's busy
-        loop goes on; a worker batches, so a response and its END leave together.
+        A worker's response leaves with its END; a busy server's calls leave together,
+        which wakes the worker once for all of them rather than once per call. A frame of
+        the only call on the channel leaves at once: nothing would join it this turn.
         """
         if self.closed is not None:
             return
-        if not self.batch:
+        if len(self.outgoing) + len(self.incoming) <= 1:
             self.outbox.extend(encode(frame, plain(frame)))
             self.flush()
             return
@@ -177,7 +177,7 @@ class Channel(asyncio.BufferedProtocol):
         if self.transport is None:
             return  # still connecting: `connection_made` sends them
         pieces, self.outbox = self.outbox, []
-        if self.closed is not None:
+        if self.closed is not None or not pieces:  # closed, or sent already
             return
         if len(pieces) == 1:
             self.transport.write(pieces[0])
@@ -275,12 +275,13 @@ class Channel(asyncio.BufferedProtocol):
         self, stream_id: int, stream: Incoming, target: Target, call: Call
     ) -> None:
         held: list[Message] = []  # a response start waits for its first body chunk
+        loop = self.loop
+        assert loop is not None
 
         async def receive() -> Message:
             if stream.ready:
                 return stream.ready.popleft()
-            assert self.loop is not None
-            pull: asyncio.Future[Message] = self.loop.create_future()
+            pull: asyncio.Future[Message] = loop.create_future()
             stream.pulls.append(pull)
             self.write((stream_id, PULL, None))
             return await pull
@@ -290,11 +291,24 @@ class Channel(asyncio.BufferedProtocol):
             if kind == "http.response.start" or kind == RESULT:
                 held.append(message)  # RESULT is always last: it rides on END
                 return
+            if kind == "http.response.body" and not message.get("more_body", False):
+                if type(message.get("body", b"")) is bytes:  # immutable: safe to send later
+                    # The response's last message rides on END when the call ends in this
+                    # loop turn, as most do: one frame less. A background task still
+                    # running at the turn's end lets it leave alone.
+                    held.append(message)
+                    loop.call_soon(send_held)
+                    return
             if held:
                 self.write((stream_id, SEND, [*held, message]))
                 held.clear()
             else:
                 self.write((stream_id, SEND, [message]))
+
+        def send_held() -> None:
+            if held:
+                self.write((stream_id, SEND, [*held]))
+                held.clear()
 
         error: BaseException | None = None
         stream.started = True
@@ -311,6 +325,7 @@ class Channel(asyncio.BufferedProtocol):
         finally:
             self.incoming.pop(stream_id, None)
         self.write((stream_id, END, (held, error)))
+        held.clear()  # gone with END, not again with `send_held`
 
     # -- reading ---------------------------------------------------------------------
 

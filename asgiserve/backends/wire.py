@@ -28,6 +28,7 @@ from asgiserve.shipping import target_reference
 
 LENGTH = struct.Struct("!Q")  # a frame may hold arrays of several GiB
 COUNT = struct.Struct("!H")
+HEAD = struct.Struct("!QH")  # a frame's length and count of buffers, when it has none
 OUT_OF_BAND = 64 * 1024  # buffers at least this large travel beside the pickle, not in it
 
 # What of an ASGI scope crosses to a worker: the spec's keys, not the server's objects.
@@ -129,17 +130,19 @@ def encode(frame: Any, fast: bool = False) -> list[bytes | memoryview]:
         data = pickle.dumps(frame, 5, buffer_callback=out_of_band)
     else:
         data = dumps(frame, out_of_band)
+    if not buffers:  # the common case, without building a format for `struct`
+        return [HEAD.pack(2 + len(data), 0) + data]
     sizes = [buffer.nbytes for buffer in buffers]
     head = struct.pack(f"!QH{len(sizes)}Q", 2 + 8 * len(sizes) + len(data) + sum(sizes),
                        len(sizes), *sizes)
-    if not buffers:
-        return [head + data]
     return [head, data, *buffers]
 
 
 def decode(body: memoryview, owned: bool) -> Any:
     """The frame in `body`; out-of-band buffers are copied unless `body` is ours to keep."""
     (count,) = COUNT.unpack_from(body)
+    if not count:
+        return pickle.loads(body[2:])
     sizes = struct.unpack_from(f"!{count}Q", body, 2)
     end = len(body) - sum(sizes)
     buffers = []
