@@ -324,6 +324,15 @@ class HTTPMeter:
         self.answered: dict[tuple[str, str, str, int], Buckets] = {}
 
     def answer(self, app_name: str, route: str, method: str, status: int, ms: float) -> None:
+        try:  # a subscript, not `get`: a method call costs as much as the rest of this line
+            found = self.answered[app_name, route, method, status]
+        except KeyError:
+            found = self.series(app_name, route, method, status)
+        found.counts[bisect.bisect_left(found.bounds, ms)] += 1  # `observe`, without a call
+        found.sum += ms
+
+    def series(self, app_name: str, route: str, method: str, status: int) -> Buckets:
+        """Made on first use; an unknown method is kept under "OTHER" only."""
         if method not in METHODS:
             method = "OTHER"
         key = (app_name, route, method, status)
@@ -331,5 +340,4 @@ class HTTPMeter:
         if found is None:
             labels = (app_name, route, method, str(status) if status else "")
             found = self.answered[key] = self.into.get(HTTP_LATENCY, labels)
-        found.counts[bisect.bisect_left(found.bounds, ms)] += 1  # `observe`, without a call
-        found.sum += ms
+        return found

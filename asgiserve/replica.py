@@ -28,7 +28,7 @@ from asgiserve.backends.base import ITEM, RESULT, Call, Replica, ReplicaSpec
 from asgiserve.ingress import build_app, ingress_app
 from asgiserve.loops import on_loop
 from asgiserve.multiplex import current_model_id
-from asgiserve.responses import EncodeError, error_response, to_response
+from asgiserve.responses import EncodeError, JSONResponse, error_response, to_response
 
 logger = logging.getLogger("asgiserve")
 
@@ -120,7 +120,8 @@ class RequestHandler:
             if inspect.isawaitable(result):
                 result = await result
         try:
-            response = to_response(result)
+            # A dict, the common answer, without a call (`to_response` would say the same).
+            response = JSONResponse(result) if type(result) is dict else to_response(result)
         except EncodeError as exc:  # a 500, and the log line says whose and what
             raise EncodeError(
                 f"{self.name} returned {type(result).__name__}, which cannot be the response: "

@@ -53,6 +53,10 @@ NO_PARAMS: dict[str, Any] = {}  # read only
 # A client's `x-request-id` is only a label, kept when it is visible ASCII of at most 200
 # characters; inside replicas a call is known by ids the server makes.
 CLIENT_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}")
+# The request headers the router reads; ASGI servers give their names in lower case.
+SCANNED_HEADERS = frozenset(
+    (b"x-request-id", b"content-length", b"transfer-encoding", b"traceparent", *MODEL_HEADERS)
+)
 # What a client is told of a failure: a reason to act on, nothing internal (other
 # applications, replica ids, process ids); the log has the detail.
 UNAVAILABLE = {
@@ -135,8 +139,13 @@ class Exchange(RequestWatch):
     """One HTTP or WebSocket exchange as the router tracks it; an HTTP one is also its own
     disconnect watch (one object per request: each costs as much as a dozen lines)."""
 
+    # Class-level defaults: most requests have none of the headers that set them.
     model_id = ""  # the multiplexed model the request names, if any
     traceparent = ""  # the W3C trace context the request came with, if well formed
+    content_length = -1
+    expects_body = False
+    status = 0
+    dropped = False  # the router answered for the handler (timeout): drop its messages
 
     def __init__(
         self,
@@ -146,48 +155,46 @@ class Exchange(RequestWatch):
         max_body_size: int,
         body_timeout_s: float | None,
     ) -> None:
-        self.request_id = ""
-        self.content_length = -1
-        self.expects_body = False
+        request_id = ""
         for key, value in scope["headers"]:
+            if key not in SCANNED_HEADERS:  # one set lookup for the common header
+                continue
             if key == b"x-request-id":
                 if CLIENT_REQUEST_ID.fullmatch(value):  # else a log line could be forged
-                    self.request_id = value.decode("ascii")
-            elif key == b"content-length" and value.isdigit():
-                self.content_length = int(value)
-                self.expects_body = self.content_length > 0
+                    request_id = value.decode("ascii")
+            elif key == b"content-length":
+                if value.isdigit():
+                    self.content_length = int(value)
+                    self.expects_body = self.content_length > 0
             elif key == b"transfer-encoding":
                 self.expects_body = True  # chunked
-            elif key in MODEL_HEADERS:
+            elif key == b"traceparent":
+                if TRACEPARENT.fullmatch(value):
+                    self.traceparent = value.decode("ascii")
+            else:  # MODEL_HEADERS
                 self.model_id = value.decode("latin-1")
-            elif key == b"traceparent" and TRACEPARENT.fullmatch(value):
-                self.traceparent = value.decode("ascii")
-        if not self.request_id:
-            self.request_id = new_request_id()
-        self.header = (b"x-request-id", self.request_id.encode("latin-1"))
+        if not request_id:
+            request_id = new_request_id()
+        self.request_id = request_id
+        self.header = (b"x-request-id", request_id.encode("latin-1"))
         self.server_receive = receive
         self.server_send = send
         self.max_body_size = max_body_size
         self.body_timeout_s = body_timeout_s
-        self.watchlist = watchlist()
-        task = asyncio.current_task(self.watchlist.loop)
+        self.watchlist = found = watchlist()
+        task = asyncio.current_task(found.loop)
         assert task is not None
         self.task = task
-        self.status = 0
-        self.dropped = False  # the router answered for the handler (timeout): drop its messages
 
     async def send(self, message: Message) -> None:
         """The handler's `send`: adds the request id, notes the status and the end."""
         if self.dropped:
             return
-        if message.get("more_body"):  # a streamed chunk: the common message, pass it on
-            await self.server_send(message)
-            return
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
             message["headers"] = [*message.get("headers", ()), self.header]
-        elif kind == "http.response.body":
+        elif kind == "http.response.body" and not message.get("more_body"):
             self.complete = True  # a disconnect from now on is normal: cancel nothing
         await self.server_send(message)
 
@@ -276,7 +283,8 @@ class Router:
             return
         try:
             for route in self.routes:
-                found = route.match(route_path)
+                # Every path is under `/`, the usual only prefix: no call to learn that.
+                found = ROOT_MATCH if route.prefix == "/" else route.match(route_path)
                 if found is not None:
                     break
             else:

@@ -50,11 +50,12 @@ def recording() -> bool:
     trace = api if looked else otel()
     if trace is None:
         return False
-    provider = getattr(trace, "_TRACER_PROVIDER", trace)  # the module: an API without it
+    try:  # an attribute, not `getattr(..., default)`: no call while it exists
+        provider = trace._TRACER_PROVIDER
+    except AttributeError:  # an API without it
+        provider = trace.get_tracer_provider()
     if provider is None:
         return False
-    if provider is trace:
-        provider = trace.get_tracer_provider()
     return not isinstance(provider, trace.NoOpTracerProvider | trace.ProxyTracerProvider)
 
 

@@ -90,11 +90,11 @@ this_thread = threading.local()
 
 
 def watchlist() -> Watchlist:
-    """The running loop's watchlist; a thread runs one loop at a time, so one per thread."""
-    loop = serving_loop()
+    """The running loop's watchlist; a thread runs one loop at a time, so one per thread,
+    and the one made for a loop still running is this loop's (as in `serving_loop`)."""
     found: Watchlist | None = getattr(this_thread, "watchlist", None)
-    if found is None or found.loop is not loop:
-        found = this_thread.watchlist = Watchlist(loop)
+    if found is None or not found.loop.is_running():
+        found = this_thread.watchlist = Watchlist(serving_loop())
     return found
 
 
@@ -242,6 +242,6 @@ class RequestWatch:
 
     def close(self) -> None:
         self.complete = True
-        self.watchlist.discard(self)
+        self.watchlist.waiting.pop(self, None)  # `discard`, inline: a call costs a request ~1%
         if self.watcher is not None:
             self.watcher.cancel()
