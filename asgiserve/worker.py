@@ -109,7 +109,7 @@ async def serve(sock: socket.socket, spec_data: bytes, max_frame_size: int) -> N
         return
     worker = Worker(runtime)
     name = f"replica {spec.replica_id} (pid {os.getpid()})"
-    channel = Channel(worker.serve, name, 2, max_frame_size=max_frame_size)
+    channel = Channel(worker.serve, name, 2, batch=True, max_frame_size=max_frame_size)
     registry.upstream = lambda app, deployment, version: Upstream(channel, app, deployment)
     write_frame(sock, (0, END, ([], None)))  # ready
     await channel.connect(sock)

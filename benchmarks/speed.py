@@ -10,7 +10,8 @@ It runs, in this order and with the measuring code of the scripts named:
 - streaming (`stream_bench.py`): chunk rate, and disconnect-to-cancel latency on every
   backend;
 - handle calls (`handle_bench.py`): calls per second and streamed items per second, on
-  every backend, in this process (last, so the Ray it starts outlives no other part).
+  every backend, in this process (last, so the Ray it starts outlives no other part);
+  then one bare Ray actor call, no asgiserve: the floor under the ray backend's latency.
 
 Ratios are of figures from the same run. The competitors come from their own venv
 (benchmarks/competitors/setup.sh); without it their figures are skipped, with a note.
@@ -208,8 +209,31 @@ async def handle_figures(args: argparse.Namespace) -> list[Figure]:
     for backend in HANDLE_BACKENDS:
         rate = await handle_bench.items_per_second(backend, STREAM_ITEMS)
         figures.append(Figure("handle", f"{backend} streamed items/s", rate, ""))
+    floor = await bare_ray_call_ms()
+    figures.append(Figure("handle", "Ray alone: one actor call's round trip, p50", floor, "ms"))
     await asgiserve.shutdown_async()
     return figures
+
+
+async def bare_ray_call_ms(calls: int = 1000) -> float:
+    """What one call to an async actor takes with Ray alone, no asgiserve (in the Ray the
+    handle runs started): the floor under the ray backend's 1-connection p50."""
+    import ray
+
+    @ray.remote
+    class Echo:
+        async def echo(self, value: Any) -> Any:
+            return value
+
+    echo = Echo.remote()  # type: ignore[attr-defined]
+    await echo.echo.remote(None)
+    took = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await echo.echo.remote({"type": "http.response.body", "body": b"{}"})
+        took.append(time.perf_counter() - started)
+    ray.kill(echo)
+    return statistics.median(took) * 1000
 
 
 def run_handles(args: argparse.Namespace) -> list[Figure]:
