@@ -253,24 +253,39 @@ def servers_in(folders: list[Path], module: str, ray_cluster: Any) -> Iterator[l
     """One uvicorn server per folder, each serving `module:app` from its own files."""
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
     env.pop("ASGISERVE_BACKEND", None)
-    ports = [free_port() for _ in folders]
-    servers = [
-        subprocess.Popen(
+    started: list[tuple[int, subprocess.Popen[bytes]]] = []
+    try:
+        for folder in folders:
+            started.append(start_server(folder, module, env))
+        yield [port for port, _ in started]
+    finally:
+        for _, server in started:
+            server.terminate()
+        for _, server in started:
+            server.wait(timeout=30)
+
+
+def start_server(
+    folder: Path, module: str, env: dict[str, str], tries: int = 3
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """A server that answers HTTP on its port. A process of Ray's may take a free port
+    before the server binds it (then the server exits): try another port."""
+    for _ in range(tries):
+        port = free_port()
+        server = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", f"{module}:app", "--port", str(port)],
             env={**env, "PYTHONPATH": os.pathsep.join([str(folder), *sys.path])},
             cwd=folder,
         )
-        for port, folder in zip(ports, folders, strict=True)
-    ]
-    try:
-        for port, server in zip(ports, servers, strict=True):
-            wait_for_port(port, server, timeout=90)
-        yield ports
-    finally:
-        for server in servers:
-            server.terminate()
-        for server in servers:
-            server.wait(timeout=30)
+        deadline = time.monotonic() + 90
+        while server.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(f"http://127.0.0.1:{port}/-/healthz", timeout=5)
+                return port, server
+            time.sleep(0.05)
+        server.terminate()
+        server.wait(timeout=30)
+    raise RuntimeError(f"no server in {folder} answered on a port of its own")
 
 
 SCALED_APP = """
