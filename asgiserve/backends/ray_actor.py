@@ -125,7 +125,7 @@ def pickled(messages: list[Message], error: BaseException | None, request_id: st
 
 
 class Batch:
-    """The calls of one `run`: whichever has news is taken at the next look."""
+    """The calls of one `begin` or `more`: whichever has news is taken at the next look."""
 
     def __init__(self) -> None:
         self.news: dict[str, Exchange] = {}
@@ -247,7 +247,7 @@ class ReplicaActor:
     async def cancel(self, key: str) -> None:
         """Cancel a call and return once its code has stopped."""
         exchange = self.exchanges.get(key)
-        if exchange is None:  # finished, or its `run` has not begun: then it must not
+        if exchange is None:  # finished, or its `begin` has not come yet: then it must not run
             self.cancelled[key] = True
             if len(self.cancelled) > CANCELLED_KEPT:
                 del self.cancelled[next(iter(self.cancelled))]
