@@ -69,7 +69,7 @@ class Link:
         self.readers: set[asyncio.Task[None]] = set()
 
     def send(self, key: str, call: Call, first: Message | None) -> Inbox:
-        """Queue the call for this loop turn's `run`; its news arrives in the inbox."""
+        """Queue the call for this loop turn's `begin`; its news arrives in the inbox."""
         loop = asyncio.get_running_loop()  # not kept: links are found by their loop, weakly
         if not self.ready:
             loop.call_soon(self.flush)
