@@ -261,12 +261,18 @@ class Scheduler:
 
     def release(self, slot: Slot) -> None:
         """Hand the slot to the longest waiter, on that waiter's own event loop."""
-        if not self.waiters or slot.dead:
+        if self.waiters and not slot.dead:
+            self.hand_to_waiter(slot)
+        else:
             slot.in_flight -= 1
-            if not self.waiters or slot.dead:
-                return
-            slot.in_flight += 1  # a waiter queued meanwhile: hand it this slot below
-        self.hand_to_waiter(slot)
+            self.recheck(slot)
+
+    def recheck(self, slot: Slot) -> None:
+        """After a lock-free release that saw nobody waiting: one may have queued since
+        (another thread's call); hand it the slot."""
+        if self.waiters and not slot.dead:
+            slot.in_flight += 1
+            self.hand_to_waiter(slot)
 
     def hand_to_waiter(self, slot: Slot) -> None:
         """Give one unit of `slot`'s capacity, already counted in `in_flight`, to a waiter."""
@@ -311,10 +317,17 @@ class Scheduler:
         while True:
             # A free replica and nobody queued first: the common case, taken without the lock.
             model_id = call.model_id if self.model_limit else ""
+            slots = self.slots
             if self.waiters:
                 slot = None
+            elif model_id:
+                slot = self.pick_for(model_id)
+            elif len(slots) == 1:  # `pick`, inline for the one replica: a call costs ~0.5%
+                slot = slots[0]
+                if slot.in_flight >= self.config.max_ongoing_requests:
+                    slot = None
             else:
-                slot = self.pick_for(model_id) if model_id else self.pick()
+                slot = self.pick()
             if slot is None:
                 slot = await self.wait_for_slot(model_id)
             else:
@@ -330,7 +343,12 @@ class Scheduler:
                 if exc.sent:
                     raise  # it may have run: only the caller can decide to try again
             finally:
-                self.release(slot)
+                if self.waiters:
+                    self.release(slot)
+                else:  # `release` with nobody waiting, inline
+                    slot.in_flight -= 1
+                    if self.waiters:
+                        self.recheck(slot)
 
     # -- scaling and live updates -------------------------------------------------------
 
