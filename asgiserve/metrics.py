@@ -31,6 +31,7 @@ BATCH_BUCKETS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # as Prometheus'
 ENABLED_ENV = "ASGISERVE_METRICS"  # "0" turns recording off (the page then shows no samples)
 REPLICA_LABELS = ("application", "deployment", "replica")
+FOLD_AT = 256  # observations a histogram series keeps before it counts them in its buckets
 
 
 @dataclass(frozen=True)
@@ -127,20 +128,52 @@ class Value:
 
 
 class Buckets:
-    """A histogram's counts per bucket (not cumulative; the last is +Inf) and sum."""
+    """A histogram's counts per bucket (not cumulative; the last is +Inf) and sum.
 
-    __slots__ = ("bounds", "counts", "sum")
+    The router and the replicas append the durations they measure to `pending` (never NaN),
+    which is counted into the buckets when the page is read or `FOLD_AT` wait: a bucket
+    search per request cost more than the rest of a noop request's metrics, and sorting
+    the lot first costs a third of that. Counts and sum (added in arrival order) come out
+    the same.
+    """
+
+    __slots__ = ("bounds", "counts", "sum", "pending")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
+        self.pending: list[float] = []
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def fold(self) -> None:
+        """Count what is pending; only what is read here is removed, as other threads may
+        append meanwhile."""
+        pending = self.pending
+        taken = len(pending)
+        if not taken:
+            return
+        values = pending[:taken]
+        del pending[:taken]
+        total = self.sum
+        for value in values:  # one by one, as `observe` adds them: the same float sum
+            total += value
+        self.sum = total
+        values.sort()
+        counts, below = self.counts, 0
+        for index, bound in enumerate(self.bounds):  # the values up to each bound
+            at = bisect.bisect_right(values, bound, below)
+            counts[index] += at - below
+            below = at
+            if below == taken:
+                return
+        counts[-1] += taken - below
+
     def data(self) -> tuple[tuple[int, ...], float]:
+        self.fold()
         return tuple(self.counts), self.sum
 
 
@@ -172,7 +205,7 @@ class Recorder:
         for (name, labels), found in list(self.series.items()):  # counts kept once, as
             counted = COUNTED_BY.get(name)  # a histogram's, are also counters of their own
             if counted is not None and isinstance(found, Buckets):
-                families[counted.name] = counted
+                families[counted.name] = counted  # folded by `data` above
                 series.append((counted.name, labels, float(sum(found.counts))))
         return families, series
 
@@ -316,20 +349,13 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS",
 
 
 class HTTPMeter:
-    """The router's counts, one dict lookup per request. Labels come only from bounded sets
-    (route prefixes, known methods, status codes), so no client can grow the page."""
+    """The router's counts, one dict lookup per request (made by the router, inline).
+    Labels come only from bounded sets (route prefixes, known methods, status codes), so
+    no client can grow the page."""
 
     def __init__(self, into: Recorder = process) -> None:
         self.into = into
         self.answered: dict[tuple[str, str, str, int], Buckets] = {}
-
-    def answer(self, app_name: str, route: str, method: str, status: int, ms: float) -> None:
-        try:  # a subscript, not `get`: a method call costs as much as the rest of this line
-            found = self.answered[app_name, route, method, status]
-        except KeyError:
-            found = self.series(app_name, route, method, status)
-        found.counts[bisect.bisect_left(found.bounds, ms)] += 1  # `observe`, without a call
-        found.sum += ms
 
     def series(self, app_name: str, route: str, method: str, status: int) -> Buckets:
         """Made on first use; an unknown method is kept under "OTHER" only."""

@@ -8,7 +8,6 @@ Synchronous user code runs in a worker thread so one slow call does not stall th
 from __future__ import annotations
 
 import asyncio
-import bisect
 import concurrent.futures
 import contextlib
 import functools
@@ -16,6 +15,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from time import perf_counter
 from typing import Any
 
 import anyio.to_thread
@@ -258,7 +258,7 @@ class ReplicaRuntime(Replica):
         token = context.current.set((call.request_id, call.route, self))
         model = current_model_id.set(call.model_id) if call.model_id else None
         self.ongoing += 1
-        started = time.perf_counter() if self.measured else 0.0
+        started = perf_counter() if self.measured else 0.0
         trace = tracing.enter(call.trace) if call.trace else None
         try:
             if call.kind == "asgi":
@@ -276,9 +276,10 @@ class ReplicaRuntime(Replica):
         finally:
             self.ongoing -= 1
             if self.measured:
-                latency, ms = self.latency, (time.perf_counter() - started) * 1000
-                latency.counts[bisect.bisect_left(latency.bounds, ms)] += 1  # `observe`, inline
-                latency.sum += ms
+                pending = self.latency.pending
+                pending.append((perf_counter() - started) * 1000)  # `observe`, inline
+                if len(pending) >= metrics.FOLD_AT:
+                    self.latency.fold()
             try:
                 if trace is not None:
                     tracing.leave(trace)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from starlette.convertors import Convertor
@@ -35,6 +35,7 @@ from asgiserve.exceptions import (
     RequestTimeoutError,
 )
 from asgiserve.logs import ACCESS_LOGGER
+from asgiserve.metrics import FOLD_AT
 from asgiserve.multiplex import HEADERS as MODEL_HEADERS
 from asgiserve.responses import error_response
 from asgiserve.tracing import TRACEPARENT
@@ -333,15 +334,22 @@ class Router:
         if meter is None and not logged:
             await work
             return
-        started = time.perf_counter()
+        started = perf_counter()
         app.http_ongoing += 1
         try:
             await work
         finally:
             app.http_ongoing -= 1
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            if meter is not None:
-                meter.answer(app.name, route.prefix, method, exchange.status, elapsed_ms)
+            elapsed_ms = (perf_counter() - started) * 1000
+            if meter is not None:  # `meter.answer`, inline: a call costs ~1% of a request
+                try:
+                    series = meter.answered[app.name, route.prefix, method, exchange.status]
+                except KeyError:
+                    series = meter.series(app.name, route.prefix, method, exchange.status)
+                pending = series.pending
+                pending.append(elapsed_ms)  # `series.observe`, inline
+                if len(pending) >= FOLD_AT:
+                    series.fold()
         if logged:
             access_log.info(
                 "%s %s %s %s %s %s %s %.1fms",

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import os
+import random
 import re
 import signal
 import textwrap
@@ -141,6 +143,23 @@ def test_user_metrics_check_their_labels() -> None:
     child.inc(2)  # outside a replica: the server's own recorder, empty replica labels
     samples = parse(asyncio.run(render_page()))
     assert total(samples, "test_things_handled_total", kind="direct", replica="") == 2
+
+
+def test_pending_durations_count_as_observed_ones() -> None:
+    """The durations the router and replicas append, folded at the cap and at a scrape,
+    give the same buckets and the same float sum as `observe` one at a time."""
+    rng = random.Random(3)
+    edges = [0.0, 0.1, 0.25, 60000.0, 1e9, math.inf]
+    for _ in range(50):
+        one, folded = (metrics.Buckets(metrics.LATENCY_BUCKETS_MS) for _ in range(2))
+        for _ in range(rng.randrange(3 * metrics.FOLD_AT)):
+            value = rng.choice([rng.uniform(0, 2), rng.expovariate(0.01), rng.choice(edges)])
+            one.observe(value)
+            folded.pending.append(value)
+            if len(folded.pending) >= metrics.FOLD_AT:
+                folded.fold()
+        assert folded.data() == one.data()
+        assert not folded.pending
 
 
 async def render_page() -> str:
