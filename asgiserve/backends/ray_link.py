@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pickle
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from ray.exceptions import RayActorError
 from starlette.types import Message
 
 from asgiserve.backends.base import Call
+from asgiserve.backends.mailbox import Mailbox
 
 News = tuple[list[Message], bool, BaseException | None]  # messages, finished, error
 
@@ -41,37 +41,18 @@ def pack(values: list[Any]) -> bytes | list[Any]:
     return values
 
 
-class Inbox:
+class Inbox(Mailbox[News]):
     """One call's news as the actor sends it, for the task awaiting the call."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.news: deque[News] = deque()
-        self.failure: BaseException | None = None
-        self.ended = False  # its last news has come
-        self.waiter: asyncio.Future[None] | None = None
+    ended = False  # its last news has come
 
     def put(self, news: News) -> None:
-        self.news.append(news)
         self.ended = self.ended or news[1]
-        self.wake()
+        super().put(news)
 
     def fail(self, error: BaseException) -> None:
         """The call's batch failed (its actor died) before the call ended."""
-        self.failure = error
-        self.wake()
-
-    def wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def get(self) -> News:
-        while not self.news:
-            if self.failure is not None:
-                raise self.failure
-            self.waiter = self.loop.create_future()
-            await self.waiter
-        return self.news.popleft()
+        self.put(([], True, error))
 
 
 class Link:
