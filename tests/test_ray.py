@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -167,6 +168,24 @@ def test_requests_sent_in_one_actor_call_still_end_alone(
     assert sent_together == [11]  # one actor call for the eleven
     assert echoes == list(range(10))  # the value that cannot be pickled failed alone
     assert isinstance(bad, Exception) and "cannot be pickled" in str(bad)
+
+
+def test_http_calls_cross_in_one_pickle_and_handle_arguments_as_they_are() -> None:
+    """Plain pickle where it can take a batch (Ray's own serializer costs several times
+    more); handle arguments, which it may not ship, and news it cannot take go to Ray."""
+    from asgiserve.backends.base import Call
+    from asgiserve.backends.ray_actor import packed
+    from asgiserve.backends.ray_link import pack
+
+    http = [("key", Call("r1", "asgi", scope={"type": "http"}), {"type": "http.request"})]
+    sent = pack(http)
+    assert isinstance(sent, bytes) and pickle.loads(sent) == http
+    by_value = [("key", Call("r2", "call", args=(lambda: 1,)), None)]
+    assert pack(by_value) is by_value
+    news = [("key", [{"type": "http.response.body", "body": b"hi"}], True, None)]
+    assert pickle.loads(packed(news)) == news  # type: ignore[arg-type]
+    odd = [("key", [{"type": "odd", "frame": sys._getframe()}], True, None)]
+    assert packed(odd) is odd  # type: ignore[arg-type]
 
 
 @asgiserve.deployment(

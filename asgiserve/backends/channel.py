@@ -32,6 +32,7 @@ from typing import Any
 from starlette.types import Message, Receive, Send
 
 from asgiserve.backends.base import ITEM, RESULT, Call
+from asgiserve.backends.mailbox import Mailbox
 from asgiserve.backends.wire import (
     LENGTH,
     OUT_OF_BAND,
@@ -71,26 +72,12 @@ def plain(frame: tuple[int, int, Any]) -> bool:
     return True
 
 
-class Outgoing:
-    """A call this side made: messages from the callee wait here for the caller's task."""
+class Outgoing(Mailbox[tuple[int, Any]]):
+    """A call this side made: frames from the callee wait here for the caller's task."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.frames: deque[tuple[int, Any]] = deque()
-        self.waiter: asyncio.Future[None] | None = None
+        super().__init__(loop)
         self.pulls: list[asyncio.Task[None]] = []
-
-    def put(self, frame: tuple[int, Any]) -> None:
-        """On the caller's loop."""
-        self.frames.append(frame)
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def get(self) -> tuple[int, Any]:
-        while not self.frames:
-            self.waiter = self.loop.create_future()
-            await self.waiter
-        return self.frames.popleft()
 
 
 class Incoming:

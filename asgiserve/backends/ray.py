@@ -30,6 +30,7 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
+import itertools
 import logging
 import os
 import secrets
@@ -67,6 +68,17 @@ logger = logging.getLogger("asgiserve")
 
 NAMESPACE = "asgiserve"
 RELEASE_WAIT_S = 10.0  # how long a stopped actor's name may take to become free again
+KEY_SECRET = secrets.token_hex(16)  # with KEY_COUNT, the key of each call (`handle`)
+KEY_COUNT = itertools.count()
+
+
+def new_key_secret() -> None:
+    """A forked server talks to the same actors: its keys must differ from its parent's."""
+    global KEY_SECRET
+    KEY_SECRET = secrets.token_hex(16)
+
+
+os.register_at_fork(after_in_child=new_key_secret)
 
 
 class RayUpstream:
@@ -207,8 +219,9 @@ class RayReplica(Replica):
             call.scope = wire_scope(call.scope)  # the router made this call for us alone
             first = await receive()
         # The actor knows the call by a key of ours, never by the client's x-request-id
-        # or anything a client could guess from the ids it is shown.
-        key = secrets.token_hex(16)
+        # or anything a client could guess from the ids it is shown: a secret of this
+        # process and a count (a fresh secret per call cost a system call each).
+        key = f"{KEY_SECRET}{next(KEY_COUNT):x}"
         pulls = Pulls(self.actor, key, receive)
         try:
             await self.exchange(key, call, first, send, pulls)

@@ -13,57 +13,54 @@ stream, a slower handler's response), so no call waits for another.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pickle
-from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ray.exceptions import RayActorError
 from starlette.types import Message
 
 from asgiserve.backends.base import Call
+from asgiserve.backends.mailbox import Mailbox
 
 News = tuple[list[Message], bool, BaseException | None]  # messages, finished, error
 
 
-class Inbox:
+def pack(values: list[Any]) -> bytes | list[Any]:
+    """What crosses in one actor call, pickled here where plain pickle can take it.
+
+    Ray serializes arguments with cloudpickle and a hook per object, which made one HTTP
+    call's arguments (a scope, a message: builtins) cost a third of Ray's round trip;
+    C pickle takes them in a fraction of that. What it cannot take (handle arguments:
+    lambdas, classes of `__main__`, object refs) goes to Ray as it is.
+    """
+    if all(call.kind == "asgi" for _, call, _ in values):
+        with contextlib.suppress(Exception):
+            return pickle.dumps(values, 5)
+    return values
+
+
+class Inbox(Mailbox[News]):
     """One call's news as the actor sends it, for the task awaiting the call."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.news: deque[News] = deque()
-        self.failure: BaseException | None = None
-        self.ended = False  # its last news has come
-        self.waiter: asyncio.Future[None] | None = None
+    ended = False  # its last news has come
 
     def put(self, news: News) -> None:
-        self.news.append(news)
         self.ended = self.ended or news[1]
-        self.wake()
+        super().put(news)
 
     def fail(self, error: BaseException) -> None:
         """The call's batch failed (its actor died) before the call ended."""
-        self.failure = error
-        self.wake()
-
-    def wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def get(self) -> News:
-        while not self.news:
-            if self.failure is not None:
-                raise self.failure
-            self.waiter = self.loop.create_future()
-            await self.waiter
-        return self.news.popleft()
+        self.put(([], True, error))
 
 
 class Link:
     """The calls on one loop for one actor: sent together, their news handed out."""
 
-    def __init__(self, actor: Any, died: Any) -> None:
+    def __init__(self, actor: Any, died: Callable[[BaseException], BaseException]) -> None:
         self.actor = actor
-        self.died = died  # (exception) -> ReplicaDiedError: the replica marks itself dead
+        self.died = died  # the replica marks itself dead, and says so in the error it returns
         self.ready: dict[str, tuple[str, Call, Message | None]] = {}
         self.inboxes: dict[str, Inbox] = {}
         self.readers: set[asyncio.Task[None]] = set()
@@ -89,7 +86,7 @@ class Link:
         if not calls:
             return
         try:
-            first = self.actor.begin.remote(calls)
+            first = self.actor.begin.remote(pack(calls))
         except Exception as exc:  # an argument Ray cannot serialize: it fails its own call
             if len(calls) == 1:
                 self.fail([calls[0][0]], exc)
@@ -115,8 +112,9 @@ class Link:
         except Exception as exc:  # noqa: BLE001 - every call of the batch gets to see it
             self.fail(keys, exc)
 
-    def hand_out(self, entries: list[Any], keys: list[str]) -> list[str]:
+    def hand_out(self, news: bytes | list[Any], keys: list[str]) -> list[str]:
         """Give each call its news; the keys of those still running that someone awaits."""
+        entries: list[Any] = pickle.loads(news) if isinstance(news, bytes) else news
         for key, messages, done, error in entries:
             inbox = self.inboxes.get(key)
             if inbox is None:
