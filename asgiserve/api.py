@@ -13,7 +13,8 @@ from asgiserve.deployment import Application, Deployment
 from asgiserve.graph import deploy_graph, ingress_name
 from asgiserve.handle import DeploymentHandle
 from asgiserve.loops import close_soon, run_sync
-from asgiserve.router import Router, normalise_prefix
+from asgiserve.prefixes import normalise_prefix
+from asgiserve.router import Router
 from asgiserve.updates import update_app
 
 router = Router()

@@ -12,34 +12,27 @@ import logging
 import re
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
 
-from starlette.convertors import Convertor
-from starlette.datastructures import Headers
 from starlette.middleware import Middleware
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Match, compile_path
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from asgiserve import context, heap, metrics, registry, tracing
 from asgiserve.backends import Backend
 from asgiserve.backends.base import Call
 from asgiserve.config import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BODY_SIZE
-from asgiserve.exceptions import (
-    BackPressureError,
-    DeploymentUnavailableError,
-    ReplicaDiedError,
-    RequestCancelledError,
-    RequestTimeoutError,
-)
+from asgiserve.exceptions import RequestTimeoutError
+from asgiserve.failures import failure_response, server_error
 from asgiserve.logs import ACCESS_LOGGER
 from asgiserve.metrics import FOLD_AT
 from asgiserve.multiplex import HEADERS as MODEL_HEADERS
+from asgiserve.prefixes import ROOT_MATCH, BadPathParameter, PrefixRoute, make_route
 from asgiserve.responses import error_response
+from asgiserve.status_routes import STATUS_PATHS, status_response
 from asgiserve.tracing import TRACEPARENT
-from asgiserve.watch import BodyTimeout, BodyTooLarge, RequestWatch, watchlist
+from asgiserve.watch import BodyTooLarge, RequestWatch, watchlist
 
 logger = logging.getLogger("asgiserve")
 # One line per request at INFO: app, deployment, replica, request id, method, route, status,
@@ -48,9 +41,6 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 
 # Keys that belong to the outer app; the ingress app is a top-level app of its own.
 OUTER_KEYS = ("app", "router", "endpoint", "route", "app_root_path", "path_params")
-# Answered by the router itself, before any prefix; `Router(status_routes=False)` stops that.
-STATUS_PATHS = ("/-/healthz", "/-/routes", "/-/status", "/-/metrics")
-NO_PARAMS: dict[str, Any] = {}  # read only
 # A client's `x-request-id` is only a label, kept when it is visible ASCII of at most 200
 # characters; inside replicas a call is known by ids the server makes.
 CLIENT_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}")
@@ -58,21 +48,6 @@ CLIENT_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,200}")
 SCANNED_HEADERS = frozenset(
     (b"x-request-id", b"content-length", b"transfer-encoding", b"traceparent", *MODEL_HEADERS)
 )
-# What a client is told of a failure: a reason to act on, nothing internal (other
-# applications, replica ids, process ids); the log has the detail.
-UNAVAILABLE = {
-    BackPressureError: "the server is busy: too many requests are queued "
-    "(max_queued_requests); try again after the Retry-After delay",
-    ReplicaDiedError: "the replica serving this request died before answering; try again",
-    DeploymentUnavailableError: "this application is not available right now; try again later",
-    RequestCancelledError: "the request was cancelled before it finished; try again",
-}
-
-
-def server_error(exc: Exception) -> bool:
-    """An error of the application's own (a 500), not one asgiserve answers for it."""
-    known = (RequestTimeoutError, BodyTooLarge, BodyTimeout, *UNAVAILABLE)
-    return not isinstance(exc, known)
 
 
 def access_logged(app: registry.RunningApp) -> bool:
@@ -80,60 +55,6 @@ def access_logged(app: registry.RunningApp) -> bool:
     scheduler = app.schedulers.get(app.ingress)
     chosen = None if scheduler is None else scheduler.config.logging_config
     return chosen is None or chosen.enable_access_log
-
-
-ROOT_MATCH = (0, NO_PARAMS)  # what the prefix `/` matches, in every path
-
-
-@dataclass
-class PrefixRoute:
-    prefix: str
-    app: registry.RunningApp
-    pattern: re.Pattern[str] | None = None
-    convertors: dict[str, Convertor[Any]] | None = None
-
-    def match(self, path: str) -> tuple[int, dict[str, Any]] | None:
-        """How much of `path` the prefix covers, and its path parameters; None if no match."""
-        if self.pattern is None:
-            prefix = self.prefix
-            if prefix == "/":
-                return ROOT_MATCH
-            if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
-                return len(prefix), NO_PARAMS
-            return None
-        found = self.pattern.match(path)
-        if found is None:
-            return None
-        assert self.convertors is not None
-        params = {}
-        for key, value in found.groupdict().items():
-            try:
-                params[key] = self.convertors[key].convert(value)
-            except ValueError:  # an int past Python's digit limit, a float out of range
-                raise BadPathParameter(key) from None
-        return found.end(), params
-
-
-class BadPathParameter(ValueError):
-    """A path parameter that matches its type's pattern but cannot be converted: a 400."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(f"path parameter {name!r} is out of range for its type")
-
-
-def make_route(prefix: str, app: registry.RunningApp) -> PrefixRoute:
-    if "{" not in prefix:
-        return PrefixRoute(prefix, app)
-    regex, _, convertors = compile_path(prefix)
-    # compile_path anchors the whole path; a prefix must stop at a segment boundary instead.
-    pattern = re.compile(regex.pattern.rstrip("$") + r"(?=/|$)")
-    return PrefixRoute(prefix, app, pattern, convertors)
-
-
-def normalise_prefix(prefix: str) -> str:
-    if not prefix.startswith("/"):
-        raise ValueError(f"route_prefix must start with '/', got {prefix!r}")
-    return prefix.rstrip("/") or "/"
 
 
 class Exchange(RequestWatch):
@@ -288,7 +209,7 @@ class Router:
         route_path = path[len(root_path) :] if root_path and path.startswith(root_path) else path
         exchange = Exchange(scope, receive, send, self.max_body_size, self.body_timeout_s)
         if self.status_routes and route_path in STATUS_PATHS and scope["type"] == "http":
-            answer = await self.status_response(route_path, scope)
+            answer = await status_response(self, route_path, scope)
             await answer(scope, receive, exchange.send)
             return
         try:
@@ -444,7 +365,7 @@ class Router:
                     raise
             else:
                 exchange.dropped = True  # whatever the handler sends from now on
-                answer = self.error_response(exc, call.request_id, app.name)
+                answer = failure_response(exc, call.request_id, app.name, self.debug)
                 await answer(scope, receive, exchange.reply)
                 if self.raise_server_exceptions and server_error(exc):
                     raise  # into the test, after the 500 went out (`asgiserve.testing`)
@@ -509,50 +430,6 @@ class Router:
         scope.update(child_scope)
         await route.handle(scope, receive, send)
         return True
-
-    async def status_response(self, path: str, scope: Scope) -> Response:
-        """`/-/healthz`: 200 once every application has all its replicas, else 503 saying
-        which have how many; `/-/routes`: route prefix -> application, as Serve answers;
-        `/-/status`: `asgiserve.status()`; `/-/metrics`: Prometheus' page."""
-        if scope["method"] not in ("GET", "HEAD"):
-            return PlainTextResponse("Method Not Allowed", 405, {"allow": "GET, HEAD"})
-        if path == "/-/metrics":
-            from asgiserve import metrics_page  # prometheus_client is imported on first scrape
-
-            accept = Headers(scope=scope).get("accept", "")
-            body, content_type = await metrics_page.render(self.applications(), accept)
-            return Response(body, headers={"content-type": content_type})
-        if path == "/-/routes":
-            return JSONResponse({route.prefix: route.app.name for route in reversed(self.routes)})
-        if path == "/-/status":
-            from asgiserve.api import status  # the module-level API imports this one
-
-            return JSONResponse(status())
-        waiting = self.not_ready()
-        if waiting:
-            return PlainTextResponse("\n".join(waiting) + "\n", 503, {"retry-after": "1"})
-        return PlainTextResponse("success")
-
-    def error_response(self, exc: Exception, request_id: str, app_name: str) -> ASGIApp:
-        if isinstance(exc, RequestTimeoutError):
-            return error_response(504, str(exc), request_id)
-        if isinstance(exc, BodyTooLarge):
-            return error_response(413, str(exc), request_id)
-        if isinstance(exc, BodyTimeout):
-            return error_response(408, str(exc), request_id)
-        for kind, reason in UNAVAILABLE.items():
-            if isinstance(exc, kind):
-                logger.warning("request %s to application %r: %s", request_id, app_name, exc)
-                response = error_response(503, reason, request_id)
-                response.headers["retry-after"] = "1"
-                return response
-        logger.error("request %s to application %r raised", request_id, app_name, exc_info=exc)
-        extra: dict[str, Any] = {}
-        if self.debug:
-            import traceback
-
-            extra["traceback"] = traceback.format_exception(exc)
-        return error_response(500, "Internal Server Error", request_id, **extra)
 
     # -- lifespan --------------------------------------------------------------------
 
