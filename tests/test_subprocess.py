@@ -226,6 +226,8 @@ def test_no_worker_outlives_the_server_process(tmp_path: Path, end: str) -> None
         process.send_signal(getattr(signal, end))
     process.wait(timeout=30)
     process.stdout.close()
+    if end == "exit":  # the exit hook stops the workers and waits for them to be gone
+        assert not any(alive(pid) for pid in pids), "a worker outlived the exit hook"
     eventually(lambda: not any(alive(pid) for pid in pids), timeout=5)
 
 

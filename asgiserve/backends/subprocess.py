@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import IO, Any
 
 from starlette.types import Message, Receive, Send
@@ -30,6 +31,7 @@ from asgiserve.loops import ignore_outcome
 from asgiserve.shipping import pickle_spec, worker_path
 
 EXIT_WAIT_S = 5.0
+EXIT_POLL_S = 0.01
 
 
 def forward_output(stream: IO[bytes], prefix: str) -> None:
@@ -171,7 +173,12 @@ class SubprocessReplica(Replica):
             stopping.add_done_callback(ignore_outcome)
             await asyncio.wait((stopping,), timeout=timeout_s + STOP_GRACE_S)
             grace = EXIT_WAIT_S if stopping.done() else 0.0  # it answered: it is exiting
-        await asyncio.to_thread(self.kill, grace)
+        # Polled, not waited for in a thread: at interpreter exit (`shutdown_at_exit`) no
+        # new thread may start, and the server must not exit before its workers have.
+        deadline = time.monotonic() + grace
+        while self.process.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(EXIT_POLL_S)
+        self.kill()
 
     def kill(self, grace_s: float = 0) -> None:
         """Wait up to `grace_s` for the worker to exit, then kill it; release the socket."""
