@@ -63,11 +63,16 @@ def new_request_id() -> str:
     return next(request_ids)
 
 
+def numbered_ids() -> Iterator[str]:
+    """32 hex digits each: a new random prefix and a count. Each id is made by the
+    iterator itself: `next(ids)` is one call, where a Python function and its three calls
+    cost ~1% of a request. Renew it after a fork, or parent and child make the same ids."""
+    return map((os.urandom(8).hex() + "{:016x}").format, itertools.count())
+
+
 def fresh_prefix() -> None:
     global request_ids
-    # Each id made by the iterator itself: the router's `next(context.request_ids)` is
-    # one call, where a Python function and its three calls cost ~1% of a request.
-    request_ids = map((os.urandom(8).hex() + "{:016x}").format, itertools.count())
+    request_ids = numbered_ids()
 
 
 request_ids: Iterator[str] = iter(())

@@ -30,10 +30,8 @@ import collections
 import concurrent.futures
 import contextlib
 import functools
-import itertools
 import logging
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -48,6 +46,7 @@ from starlette.types import Message, Receive, Send
 from asgiserve import registry
 from asgiserve.backends.base import STOP_GRACE_S, Backend, Call, Replica, ReplicaSpec
 from asgiserve.backends.wire import wire_scope
+from asgiserve.context import numbered_ids
 from asgiserve.exceptions import DeploymentUnavailableError, ReplicaDiedError
 from asgiserve.extras import install_hint
 from asgiserve.shipping import fingerprint, module_to_copy, pickle_spec, worker_path
@@ -68,17 +67,17 @@ logger = logging.getLogger("asgiserve")
 
 NAMESPACE = "asgiserve"
 RELEASE_WAIT_S = 10.0  # how long a stopped actor's name may take to become free again
-KEY_SECRET = secrets.token_hex(16)  # with KEY_COUNT, the key of each call (`handle`)
-KEY_COUNT = itertools.count()
+# The key of each call (`handle`): ids of their own, never the request ids clients see.
+call_keys = numbered_ids()
 
 
-def new_key_secret() -> None:
+def new_call_keys() -> None:
     """A forked server talks to the same actors: its keys must differ from its parent's."""
-    global KEY_SECRET
-    KEY_SECRET = secrets.token_hex(16)
+    global call_keys
+    call_keys = numbered_ids()
 
 
-os.register_at_fork(after_in_child=new_key_secret)
+os.register_at_fork(after_in_child=new_call_keys)
 
 
 class RayUpstream:
@@ -219,9 +218,9 @@ class RayReplica(Replica):
             call.scope = wire_scope(call.scope)  # the router made this call for us alone
             first = await receive()
         # The actor knows the call by a key of ours, never by the client's x-request-id
-        # or anything a client could guess from the ids it is shown: a secret of this
-        # process and a count (a fresh secret per call cost a system call each).
-        key = f"{KEY_SECRET}{next(KEY_COUNT):x}"
+        # or anything a client could guess from the ids it is shown: a random prefix of
+        # these keys' own and a count (a fresh secret per call cost a system call each).
+        key = next(call_keys)
         pulls = Pulls(self.actor, key, receive)
         try:
             await self.exchange(key, call, first, send, pulls)
